@@ -1,0 +1,117 @@
+"""Dynamic task scheduling (the paper's Tables 3 and 4): ``T`` tasks arrive one by one, ``n`` workers.
+
+States are assignment histories ``(a_1, ..., a_{t-1})``, actions ``{1..n}``. Worker ``i`` has cost
+``c[i, tau]`` for task ``tau`` and reward ``r_i(h, a) = -c[i, len(h)+1]`` when ``a = i``. Costs are
+``U[0, 3]`` (symmetric) or ``i * U[0, 3]`` (asymmetric). The leader's loss is the makespan left after
+the last assignment, simulated as a queue (spec, "Dynamic task scheduling"): before each task, every
+worker with remaining work ``R_i > 0`` works one unit (``R_i -= 1``, *not* clamped at zero by
+default, as in the published figures; ``clamped=True`` gives the physical rule), then the assigned
+worker's ``R`` grows by its cost; makespan = ``max(max_i R_i, 0)``. It depends only on the final
+state-action pair, so it is linear in the occupancy measure.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import torch
+
+from dmd_torch.envs.base import Setting, check_positive_int, history_tree_mdp, uniform
+
+__all__ = ["TaskScheduling", "SCHEDULING_DISTRIBUTIONS", "queue_makespan"]
+
+SCHEDULING_DISTRIBUTIONS = ("symmetric", "asymmetric")
+_COST_TOP = 3.0
+
+
+def queue_makespan(costs: torch.Tensor, assignment: torch.Tensor, clamped: bool = False) -> torch.Tensor:
+    """Makespan of complete assignments under the queue rule.
+
+    Args:
+        costs: Worker costs ``[B, n, T]``.
+        assignment: Worker index (0-based) of each task, ``[P, T]``.
+        clamped: Clamp remaining work at zero (physical rule) instead of carrying credit.
+
+    Returns:
+        Makespans ``[B, P]``.
+    """
+    B, n, T = costs.shape
+    P = assignment.shape[0]
+    R = torch.zeros(B, P, n, dtype=costs.dtype, device=costs.device)
+    for tau in range(T):
+        R = torch.where(R > 0, R - 1.0, R)
+        if clamped:
+            R = R.clamp(min=0.0)
+        who = assignment[:, tau]  # [P]
+        cost = costs[:, who, tau]  # [B, P]
+        R = R.scatter_add(-1, who.expand(B, P).unsqueeze(-1), cost.unsqueeze(-1))
+    return R.max(-1).values.clamp(min=0.0)
+
+
+class TaskScheduling(Setting):
+    """Dynamic task scheduling of ``size`` tasks on ``n_agents`` workers, minimizing makespan.
+
+    Args:
+        n_agents: Number of workers ``n >= 1``.
+        size: Number of tasks ``T >= 1``.
+        distribution: ``"symmetric"`` (``U[0, 3]``) or ``"asymmetric"`` (``i * U[0, 3]``, weights optimized).
+        clamped: Use the clamped (physical) queue rule for the makespan instead of the published one.
+    """
+
+    name = "scheduling"
+    objective = "makespan"
+
+    def __init__(
+        self, n_agents: int = 2, size: int = 4, distribution: str = "symmetric", clamped: bool = False
+    ) -> None:
+        self.n_agents = check_positive_int("n_agents", n_agents)
+        self.size = check_positive_int("size", size)
+        if distribution not in SCHEDULING_DISTRIBUTIONS:
+            raise ValueError(
+                f"unknown distribution {distribution!r} for scheduling; allowed: {', '.join(SCHEDULING_DISTRIBUTIONS)}"
+            )
+        if not isinstance(clamped, bool):
+            raise ValueError(f"clamped must be true or false, got {clamped!r}")
+        self.distribution = distribution
+        self.clamped = clamped
+        self.optimize_weights = distribution == "asymmetric"
+        n = n_agents
+        self.boost_range = float(n * max(n, 3))
+        self.mdp, self._depth = history_tree_mdp(list(range(1, n + 1)), size)
+        scale = torch.arange(1, n + 1, dtype=torch.float64) if self.optimize_weights else torch.ones(n, dtype=torch.float64)
+        self._top = _COST_TOP * scale
+        # Terminal state-action pairs (the full assignment they complete), for the makespan.
+        S, A = self.mdp.shape
+        last = (self._depth == size - 1).nonzero().flatten()
+        self._terminal_states = last
+        seqs = [list(self.mdp.state_labels[s]) + [a] for s in last.tolist() for a in range(1, n + 1)]
+        self._assignments = torch.tensor(seqs, dtype=torch.long).reshape(-1, size) - 1
+
+    @property
+    def type_dim(self) -> int:
+        return self.size
+
+    def type_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        high = self._top.unsqueeze(-1).expand(self.n_agents, self.size).clone()
+        return torch.zeros_like(high), high
+
+    def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        shape = (check_positive_int("num", num), self.n_agents, self.size)
+        return uniform(shape, self._top[:, None], generator)
+
+    def rewards(self, types: torch.Tensor) -> torch.Tensor:
+        self.check_types(types)
+        n = self.n_agents
+        cost = types[:, :, self._depth.to(types.device)]  # [B, n, S]
+        onehot = torch.eye(n, dtype=types.dtype, device=types.device)  # [n(agent), A]
+        return -cost[..., None] * onehot[None, :, None, :]
+
+    def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
+        """Makespan of each terminal state-action pair ``q[B, S, A]`` (zero elsewhere)."""
+        self.check_types(types)
+        B = types.shape[0]
+        S, A = self.mdp.shape
+        span = queue_makespan(types, self._assignments.to(types.device), self.clamped)
+        q = torch.zeros(B, S, A, dtype=types.dtype, device=types.device)
+        q[:, self._terminal_states.to(types.device)] = span.reshape(B, -1, A)
+        return q

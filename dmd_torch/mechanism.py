@@ -1,0 +1,207 @@
+"""The affine maximizer mechanism (AMA) of the paper's Definition 3.1, as a ``torch.nn.Module``.
+
+Given weights ``w > 0`` (parameterized as ``w = exp(theta)``) and boosts ``b[S, A]``, the AMA runs the
+policy that maximizes the affine social welfare ``asw = <sum_i w_i r_i + b, nu>`` over occupancy
+measures ``nu`` (paper, equation 2) and charges agent ``i``
+
+    p_i = (asw^(-i) - (asw - w_i V_i)) / w_i,
+
+where ``V_i = <r_i, nu*>`` is ``i``'s own value and ``asw^(-i)`` the optimal affine welfare with
+``i``'s rewards set to zero (spec, "Common to all settings"). Revenue is
+``sum_i p_i = sw + sum_i (asw^(-i) - asw) / w_i``. All ``n + 1`` follower problems of a profile are
+solved in one batched call.
+
+:meth:`AMA.outcome` is the exact (unregularized) outcome used for evaluation, so the mechanism is
+exactly strategyproof; :meth:`AMA.forward` is the entropy-regularized, differentiable objective of
+the paper's first-order method (section 4, "Regularized linear program").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from dmd_torch.envs.base import Setting
+from dmd_torch.exact import solve_exact
+
+__all__ = ["AMA", "Outcome"]
+
+
+@dataclass
+class Outcome:
+    """Exact outcome of an AMA on a batch of reported type profiles (``B`` profiles, ``n`` agents).
+
+    Attributes:
+        policy: Optimal deterministic policy ``[B, S]``.
+        occupancy: Its occupancy measure ``nu[B, S, A]``.
+        agent_values: Each agent's value ``V_i = <r_i, nu>`` under the reported rewards, ``[B, n]``.
+        asw: Optimal affine welfare ``[B]``.
+        asw_without: Optimal affine welfare without each agent, ``asw^(-i)``, ``[B, n]``.
+        payments: Payments ``p_i`` ``[B, n]``.
+        revenue: ``sum_i p_i`` ``[B]``.
+        welfare: Social welfare ``sum_i V_i`` ``[B]``.
+        utilities: ``V_i - p_i`` ``[B, n]``.
+        loss: The setting's loss ``<q, nu>`` (e.g. makespan) ``[B]``, or ``None`` for revenue.
+    """
+
+    policy: torch.Tensor
+    occupancy: torch.Tensor
+    agent_values: torch.Tensor
+    asw: torch.Tensor
+    asw_without: torch.Tensor
+    payments: torch.Tensor
+    revenue: torch.Tensor
+    welfare: torch.Tensor
+    utilities: torch.Tensor
+    loss: torch.Tensor | None
+
+    @property
+    def objective(self) -> torch.Tensor:
+        """The leader's objective per profile: revenue, or the setting's loss."""
+        return self.revenue if self.loss is None else self.loss
+
+
+class AMA(nn.Module):
+    """Affine maximizer mechanism on a setting.
+
+    Args:
+        setting: The mechanism-design setting (its MDP, rewards and loss).
+        weights: Positive weights ``[n]``; default all ones.
+        boosts: Boosts ``[S, A]``; default zeros.
+
+    Parameters ``log_weights`` and ``boosts`` require gradients only where the setting optimizes
+    them (``setting.optimize_weights`` / ``setting.optimize_boosts``).
+    """
+
+    def __init__(
+        self,
+        setting: Setting,
+        weights: torch.Tensor | None = None,
+        boosts: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        self.setting = setting
+        n = setting.n_agents
+        S, A = setting.mdp.shape
+        dtype = setting.mdp.dtype
+        w = torch.ones(n, dtype=dtype) if weights is None else torch.as_tensor(weights, dtype=dtype).detach().clone()
+        b = torch.zeros(S, A, dtype=dtype) if boosts is None else torch.as_tensor(boosts, dtype=dtype).detach().clone()
+        if w.shape != (n,):
+            raise ValueError(f"weights must have shape [n] = [{n}], got {tuple(w.shape)}")
+        if b.shape != (S, A):
+            raise ValueError(f"boosts must have shape [S, A] = [{S}, {A}], got {tuple(b.shape)}")
+        if not torch.isfinite(w).all() or (w <= 0).any():
+            raise ValueError(f"weights must be finite and > 0, got {w.tolist()}")
+        if not torch.isfinite(b).all():
+            raise ValueError("boosts contain NaN or inf")
+        self.log_weights = nn.Parameter(w.log(), requires_grad=setting.optimize_weights)
+        self.boosts = nn.Parameter(b, requires_grad=setting.optimize_boosts)
+
+    @classmethod
+    def vcg(cls, setting: Setting) -> AMA:
+        """The VCG mechanism: ``w = 1``, ``b = 0``."""
+        return cls(setting)
+
+    @property
+    def weights(self) -> torch.Tensor:
+        """``w = exp(log_weights)``."""
+        return self.log_weights.exp()
+
+    def check_parameters(self) -> None:
+        """Raises if a parameter holds NaN or inf (e.g. after a diverged optimizer step)."""
+        for name, p in (("log_weights", self.log_weights), ("boosts", self.boosts)):
+            if not torch.isfinite(p).all():
+                raise ValueError(f"mechanism parameter {name} contains NaN or inf")
+
+    def affine_rewards(self, r: torch.Tensor) -> torch.Tensor:
+        """Rewards of the ``n + 1`` follower problems per profile, ``[B, n + 1, S, A]``.
+
+        Index 0 is ``sum_i w_i r_i + b``; index ``1 + i`` drops agent ``i``'s term (``asw^(-i)``).
+        """
+        wr = self.weights.to(r)[None, :, None, None] * r
+        total = wr.sum(1) + self.boosts.to(r)
+        return torch.cat([total.unsqueeze(1), total.unsqueeze(1) - wr], dim=1)
+
+    def outcome(self, types: torch.Tensor) -> Outcome:
+        """Exact outcome (policy, values, payments, revenue, welfare, loss) for reported types ``[B, n, K]``."""
+        self.check_parameters()
+        setting = self.setting
+        with torch.no_grad():
+            r = setting.rewards(types.to(self.boosts.device))
+            sol = solve_exact(setting.mdp, self.affine_rewards(r))
+            nu = sol.occupancy[:, 0]
+            w = self.weights.detach()
+            V = (r * nu.unsqueeze(1)).sum((-2, -1))
+            asw, asw_without = sol.value[:, 0], sol.value[:, 1:]
+            payments = (asw_without - (asw.unsqueeze(-1) - w * V)) / w
+            loss = None if setting.maximize else (setting.loss_vector(types) * nu).sum((-2, -1))
+        return Outcome(
+            policy=sol.policy[:, 0],
+            occupancy=nu,
+            agent_values=V,
+            asw=asw,
+            asw_without=asw_without,
+            payments=payments,
+            revenue=payments.sum(-1),
+            welfare=V.sum(-1),
+            utilities=V - payments,
+            loss=loss,
+        )
+
+    def forward(self, types: torch.Tensor, alpha: float = 0.01, backend: str = "auto", **solver_options: Any) -> torch.Tensor:
+        """Entropy-regularized objective per profile ``[B]``, differentiable in the parameters.
+
+        All ``n + 1`` regularized problems per profile (:func:`dmd_torch.regularized_occupancy`) are
+        solved in one batched call. Revenue is ``sw(nu) + sum_i (asw^(-i) - asw) / w_i`` (paper,
+        section 4). Gradient estimators: the affine-welfare terms use the envelope theorem (their
+        derivative is ``<d c / d theta, nu>`` at fixed ``nu``, the paper's Appendix C), so only the
+        welfare term ``sw(nu)`` differentiates through the regularized solution; a loss such as the
+        makespan ``<q, nu>`` differentiates through ``nu``.
+
+        Args:
+            types: Reported type profiles ``[B, n, K]``.
+            alpha: Entropy weight ``> 0``.
+            backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``.
+            **solver_options: Passed to the backend.
+        """
+        from dmd_torch.regularized import regularized_occupancy
+
+        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        self.check_parameters()
+        setting = self.setting
+        r = setting.rewards(types.to(self.boosts.device))
+        c = self.affine_rewards(r)
+        B, P = c.shape[:2]
+        nu = regularized_occupancy(setting.mdp, c.flatten(0, 1), alpha, backend=backend, **solver_options)
+        nu = nu.reshape(B, P, *setting.mdp.shape)
+        if not setting.maximize:
+            return (setting.loss_vector(types).to(nu) * nu[:, 0]).sum((-2, -1))
+        asw = (c * nu.detach()).sum((-2, -1))  # envelope theorem: no gradient through nu
+        sw = (r.sum(1) * nu[:, 0]).sum((-2, -1))
+        return sw + ((asw[:, 1:] - asw[:, :1]) / self.weights).sum(-1)
+
+    # ---------------------------------------------------------------- saving
+    def get_extra_state(self) -> dict[str, Any]:
+        """Setting description stored in the ``state_dict`` so ``mechanism.pt`` is self-describing."""
+        s = self.setting
+        return {
+            "env": s.env_block(),
+            "states": [s.state_label_json(x) for x in s.mdp.state_labels],
+            "actions": list(s.mdp.action_labels),
+        }
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        """Checks that a loaded ``state_dict`` belongs to this mechanism's setting."""
+        mine = self.get_extra_state()
+        if state.get("env") != mine["env"]:
+            raise ValueError(f"state_dict is for setting {state.get('env')}, this mechanism is for {mine['env']}")
+        if state.get("states") != mine["states"] or state.get("actions") != mine["actions"]:
+            raise ValueError("state_dict lists states/actions that do not match this setting's MDP")
+
+    def extra_repr(self) -> str:
+        return f"setting={self.setting!r}"

@@ -1,0 +1,170 @@
+"""Saving and loading mechanisms; atomic (write-then-rename) file output.
+
+``mechanism.json`` is human-readable: ``env`` (the setting's block), ``weights``, ``boosts[S][A]``,
+``states`` (labels: histories as lists of actions, gridworld cells as ``[x, y]``) and ``actions``.
+Loading maps rows and columns by label, so a file listing states or actions in another order loads
+correctly. ``mechanism.pt`` is the module's ``state_dict`` (its extra state names the setting).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dmd_torch.envs import Setting, make_env
+from dmd_torch.mechanism import AMA
+
+__all__ = ["atomic_write", "write_json", "save_mechanism", "load_mechanism", "mechanism_to_dict", "mechanism_from_dict"]
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yields a temporary path beside ``path``; on success renames it onto ``path``, else deletes it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Writes ``obj`` as indented JSON, atomically."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def _label_key(label: Any) -> Any:
+    return tuple(_label_key(x) for x in label) if isinstance(label, (list, tuple)) else label
+
+
+def mechanism_to_dict(ama: AMA) -> dict[str, Any]:
+    """The ``mechanism.json`` content of an AMA."""
+    extra = ama.get_extra_state()
+    return {
+        "env": extra["env"],
+        "weights": ama.weights.detach().cpu().tolist(),
+        "boosts": ama.boosts.detach().cpu().tolist(),
+        "states": extra["states"],
+        "actions": extra["actions"],
+    }
+
+
+def _check_numbers(name: str, values: Any) -> torch.Tensor:
+    try:
+        t = torch.tensor(values, dtype=torch.float64)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"mechanism {name} must be numbers: {err}") from None
+    if not torch.isfinite(t).all():
+        raise ValueError(f"mechanism {name} contain NaN or inf")
+    return t
+
+
+def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) -> AMA:
+    """Builds an AMA from ``mechanism.json`` content, mapping states and actions by label.
+
+    Args:
+        data: The parsed JSON.
+        setting: The setting; default rebuilds it from ``data["env"]`` with :func:`make_env`.
+
+    Raises:
+        ValueError: On missing keys, non-positive or non-finite weights, or boosts whose shape or
+            labels do not match the setting's MDP.
+    """
+    missing = [k for k in ("env", "weights", "boosts", "states", "actions") if k not in data]
+    if missing:
+        raise ValueError(f"mechanism file lacks {', '.join(missing)}")
+    if setting is None:
+        env = dict(data["env"])
+        name = env.pop("name", None)
+        setting = make_env(name, **env)
+    mdp = setting.mdp
+    S, A = mdp.shape
+    w = _check_numbers("weights", data["weights"])
+    if w.shape != (setting.n_agents,):
+        raise ValueError(f"mechanism weights must be a list of n_agents = {setting.n_agents} numbers, got shape {tuple(w.shape)}")
+    if (w <= 0).any():
+        raise ValueError(f"mechanism weights must be > 0, got {w.tolist()}")
+    b = _check_numbers("boosts", data["boosts"])
+    states, actions = data["states"], data["actions"]
+    if b.shape != (len(states), len(actions)) or b.shape != (S, A):
+        raise ValueError(
+            f"mechanism boosts must be [states][actions] = [{S}][{A}] for this setting, got {list(b.shape)} "
+            f"with {len(states)} state and {len(actions)} action labels"
+        )
+    s_index = {_label_key(x): k for k, x in enumerate(mdp.state_labels)}
+    a_index = {_label_key(x): k for k, x in enumerate(mdp.action_labels)}
+    for kind, labels, index in (("state", states, s_index), ("action", actions, a_index)):
+        keys = [_label_key(x) for x in labels]
+        unknown = [x for x, k in zip(labels, keys) if k not in index]
+        if unknown:
+            raise ValueError(f"mechanism file has unknown {kind} label(s) {unknown[:5]} for {setting.name}")
+        if len(set(keys)) != len(index):
+            absent = [x for x, k in index.items() if k not in set(keys)]
+            raise ValueError(f"mechanism file is missing {kind} label(s) {absent[:5]} (or repeats some)")
+    rows = torch.tensor([s_index[_label_key(x)] for x in states])
+    cols = torch.tensor([a_index[_label_key(x)] for x in actions])
+    boosts = torch.empty(S, A, dtype=torch.float64)
+    boosts[rows[:, None], cols[None, :]] = b
+    return AMA(setting, weights=w, boosts=boosts)
+
+
+def save_mechanism(ama: AMA, directory: str | os.PathLike) -> tuple[Path, Path]:
+    """Writes ``mechanism.json`` and ``mechanism.pt`` into ``directory`` (atomically).
+
+    Returns:
+        The paths of the two files.
+    """
+    directory = Path(directory)
+    json_path, pt_path = directory / "mechanism.json", directory / "mechanism.pt"
+    write_json(json_path, mechanism_to_dict(ama))
+    with atomic_write(pt_path) as tmp:
+        torch.save(ama.state_dict(), tmp)
+    return json_path, pt_path
+
+
+def load_mechanism(path: str | os.PathLike, setting: Setting | None = None) -> AMA:
+    """Loads a mechanism from ``mechanism.json`` or ``mechanism.pt`` (or a directory holding one).
+
+    Args:
+        path: A file, or a run directory containing ``mechanism.json``.
+        setting: The setting (needed only for settings :func:`make_env` cannot rebuild).
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "mechanism.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no mechanism file at {path}")
+    if path.suffix == ".json":
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return mechanism_from_dict(data, setting)
+    if path.suffix == ".pt":
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        extra = state.get("_extra_state")
+        if setting is None:
+            if not extra or "env" not in extra:
+                raise ValueError(f"{path} does not name its setting; pass setting=")
+            env = dict(extra["env"])
+            setting = make_env(env.pop("name"), **env)
+        ama = AMA(setting)
+        lw = state.get("log_weights")
+        if lw is None or not torch.isfinite(lw).all() or not torch.isfinite(state.get("boosts", lw)).all():
+            raise ValueError(f"{path} holds missing, NaN or inf parameters")
+        ama.load_state_dict(state)
+        return ama
+    raise ValueError(f"unknown mechanism file type {path.suffix!r}; allowed: .json, .pt")
