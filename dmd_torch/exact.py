@@ -127,36 +127,55 @@ def backward_induction(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TO
 
 
 def policy_iteration(
-    mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL, max_iter: int = 1000
+    mdp: TabularMDP,
+    c: torch.Tensor,
+    tie_tol: float = TIE_TOL,
+    max_iter: int = 1000,
+    warm_start: int = 20,
 ) -> ExactSolution:
     """Exact solution of a discounted MDP by Howard's policy iteration.
 
     Evaluation solves ``(I - gamma P_pi) V = c_pi`` exactly (batched dense solve); improvement is
-    greedy with the tie rule of the module docstring. Terminates when no policy changes.
+    greedy with the tie rule of the module docstring. The first policy is greedy after
+    ``warm_start`` sweeps of value iteration (cheap gathers), so that most entries need one or two
+    exact evaluations; each later round re-solves only the entries whose policy changed. It stops
+    when no policy changes, which certifies optimality.
 
     Args:
         mdp: A discounted MDP (``gamma < 1``).
         c: Rewards ``[B, S, A]``.
         tie_tol: Relative tolerance under which actions count as tied.
         max_iter: Raise if the policies have not converged after this many improvements.
+        warm_start: Value-iteration sweeps before the first policy.
     """
     if mdp.gamma >= 1.0:
         raise ValueError("policy_iteration needs a discount gamma < 1")
     B, S, A = c.shape
     eye = torch.eye(S, dtype=c.dtype, device=c.device)
-    pi = _greedy(c, tie_tol)
+    V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
+    for _ in range(warm_start):
+        V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
+    pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
+    active = torch.arange(B, device=c.device)
     for _ in range(max_iter):
-        P_pi = _policy_kernel(mdp, pi)
-        c_pi = c.gather(-1, pi.unsqueeze(-1))
-        V = torch.linalg.solve(eye - mdp.gamma * P_pi, c_pi).squeeze(-1)
-        Q = c + mdp.gamma * mdp.expected_next(V)
-        new = _greedy(Q, tie_tol, current=pi)
-        if torch.equal(new, pi):
+        everyone = active.numel() == B
+        ca, pa = (c, pi) if everyone else (c[active], pi[active])
+        lu_a, piv_a = torch.linalg.lu_factor(eye - mdp.gamma * _policy_kernel(mdp, pa))
+        Va = torch.linalg.lu_solve(lu_a, piv_a, ca.gather(-1, pa.unsqueeze(-1))).squeeze(-1)
+        new = _greedy(ca + mdp.gamma * mdp.expected_next(Va), tie_tol, current=pa)
+        if everyone:
+            lu, pivots, V, pi = lu_a, piv_a, Va, new
+        else:
+            lu[active], pivots[active], V[active], pi[active] = lu_a, piv_a, Va, new
+        active = active[(new != pa).any(-1)]
+        if active.numel() == 0:
             break
-        pi = new
     else:
         raise RuntimeError(f"policy iteration did not converge in {max_iter} iterations")
-    nu = occupancy_of_policy(mdp, pi)
+    Q = c + mdp.gamma * mdp.expected_next(V)
+    # Occupancy: (I - gamma P_pi)^T d = mu0, with the factorization of the final evaluation.
+    d = torch.linalg.lu_solve(lu, pivots, mdp.mu0.expand(B, S).unsqueeze(-1), adjoint=True).squeeze(-1)
+    nu = torch.zeros_like(c).scatter_(-1, pi.unsqueeze(-1), d.unsqueeze(-1))
     return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
 
 

@@ -199,7 +199,11 @@ class TabularMDP:
     # ------------------------------------------------------------------ linear algebra
     def expected_next(self, V: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_s' P(s'|s,a) V[..., s']`` with shape ``[..., S, A]`` (no discount)."""
-        return (V[..., self.next_states] * self.next_probs).sum(-1)
+        S, A, K = self.next_states.shape
+        nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A, K)
+        if K == 1:
+            return nxt.squeeze(-1) * self.next_probs.squeeze(-1)
+        return (nxt * self.next_probs).sum(-1)
 
     def inflow(self, nu: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_{s',a'} P(s|s',a') nu[..., s', a']`` with shape ``[..., S]``."""

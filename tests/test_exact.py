@@ -1,0 +1,81 @@
+"""The exact solvers against SciPy's HiGHS on the occupancy LP (paper, equation 2)."""
+
+import pytest
+import torch
+
+from dmd_torch import make_env
+from dmd_torch.exact import occupancy_of_policy, solve_exact, solve_lp_highs
+from tests.helpers import random_discounted_mdp, random_layered_mdp
+
+
+def _check_against_highs(mdp, c):
+    sol = solve_exact(mdp, c)
+    for b in range(c.shape[0]):
+        lp_value, _ = solve_lp_highs(mdp, c[b])
+        assert abs(sol.value[b].item() - lp_value) <= 1e-7 * max(1.0, abs(lp_value))
+    # The occupancy is feasible and attains the value.
+    M = mdp.flow_matrix().to_dense()
+    flows = sol.occupancy.flatten(1) @ M.T
+    torch.testing.assert_close(flows, mdp.mu0.expand_as(flows), atol=1e-10, rtol=0)
+    torch.testing.assert_close((c * sol.occupancy).sum((-2, -1)), sol.value, atol=1e-9, rtol=1e-9)
+    assert (sol.occupancy >= 0).all()
+    return sol
+
+
+def test_finite_horizon_stochastic_matches_highs(gen):
+    count = 0
+    for trial in range(10):
+        mdp = random_layered_mdp(gen, layers=2 + trial % 3, width=3, A=2 + trial % 3)
+        c = torch.randn(8, *mdp.shape, generator=gen, dtype=torch.float64)
+        _check_against_highs(mdp, c)
+        count += 8
+    assert count == 80
+
+
+def test_discounted_stochastic_matches_highs(gen):
+    for trial in range(10):
+        mdp = random_discounted_mdp(gen, S=4 + trial % 4, A=2 + trial % 3, gamma=0.5 + 0.04 * trial)
+        c = torch.randn(8, *mdp.shape, generator=gen, dtype=torch.float64)
+        _check_against_highs(mdp, c)
+
+
+@pytest.mark.parametrize("name, n, m", [("seq_sales", 3, 2), ("scheduling", 2, 3), ("gridworld", 2, 3)])
+def test_settings_match_highs(gen, name, n, m):
+    env = make_env(name, n_agents=n, size=m)
+    r = env.rewards(env.sample_types(15, gen))
+    c = r.sum(1) + torch.randn(env.mdp.shape, generator=gen, dtype=torch.float64)
+    _check_against_highs(env.mdp, c)
+
+
+def test_values_satisfy_bellman_and_policy_is_greedy(gen):
+    mdp = random_discounted_mdp(gen, S=6, A=3, gamma=0.9)
+    c = torch.randn(5, *mdp.shape, generator=gen, dtype=torch.float64)
+    sol = solve_exact(mdp, c)
+    q = c + 0.9 * mdp.expected_next(sol.values)
+    torch.testing.assert_close(q, sol.q)
+    torch.testing.assert_close(sol.values, q.max(-1).values)
+    torch.testing.assert_close(q.gather(-1, sol.policy.unsqueeze(-1)).squeeze(-1), sol.values)
+
+
+def test_ties_break_to_lowest_action():
+    env = make_env("seq_sales", n_agents=2, size=2)
+    sol = solve_exact(env.mdp, torch.zeros(1, *env.mdp.shape, dtype=torch.float64))
+    assert (sol.policy == 0).all()
+    mdp = random_discounted_mdp(torch.Generator().manual_seed(0), S=4, A=3)
+    sol = solve_exact(mdp, torch.ones(2, 4, 3, dtype=torch.float64))
+    assert (sol.policy == 0).all()
+
+
+def test_leading_dimensions_are_kept(gen):
+    mdp = random_layered_mdp(gen)
+    c = torch.randn(2, 3, *mdp.shape, generator=gen, dtype=torch.float64)
+    sol = solve_exact(mdp, c)
+    assert sol.value.shape == (2, 3) and sol.occupancy.shape == (2, 3, *mdp.shape)
+    torch.testing.assert_close(sol.value[1, 2], solve_exact(mdp, c[1, 2:3]).value[0])
+
+
+def test_occupancy_of_policy_cyclic_matches_acyclic_formula(gen):
+    mdp = random_discounted_mdp(gen, S=5, A=2, gamma=0.7)
+    pi = torch.randint(0, 2, (3, 5), generator=gen)
+    nu = occupancy_of_policy(mdp, pi)
+    assert torch.allclose(nu.sum((-2, -1)), torch.full((3,), 1 / 0.3, dtype=torch.float64))
