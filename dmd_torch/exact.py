@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import numpy as np
 import torch
 
@@ -69,25 +71,34 @@ def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None
 def occupancy_of_policy(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
     """State-action occupancy ``nu[B, S, A]`` of deterministic policies ``policy[B, S]``.
 
-    Solves ``sum_a nu(s, a) = gamma * inflow(s) + mu0(s)`` by a forward sweep over height levels
-    (acyclic MDPs) or a dense linear solve ``(I - gamma P_pi)^T d = mu0`` (MDPs with cycles).
+    Solves ``sum_a nu(s, a) = gamma * inflow(s) + mu0(s)``: by a forward sweep over height levels
+    (acyclic MDPs), by doubling (deterministic MDPs, see :func:`_doubling`), or by a dense linear
+    solve ``(I - gamma P_pi)^T d = mu0``.
     """
     B, S = policy.shape
-    A = mdp.num_actions
     if mdp.levels is not None:
         d = mdp.mu0.expand(B, S).clone()
-        for lvl in reversed(mdp.levels[1:]):
-            a = policy[:, lvl]  # [B, L]
-            ns = mdp.next_states[lvl.unsqueeze(0), a]  # [B, L, K]
-            pr = mdp.next_probs[lvl.unsqueeze(0), a]
-            flow = mdp.gamma * d[:, lvl].unsqueeze(-1) * pr
-            d.scatter_add_(1, ns.flatten(1), flow.flatten(1))
+        for idx in reversed(mdp.level_index[1:]):
+            a = policy[:, idx]  # [B, L]
+            L = a.shape[1]
+            rows = torch.arange(S, device=policy.device)[idx]
+            ns = mdp.next_states[rows.unsqueeze(0), a]  # [B, L, K]
+            pr = mdp.next_probs[rows.unsqueeze(0), a]
+            flow = mdp.gamma * d[:, idx].unsqueeze(-1) * pr
+            d.scatter_add_(1, ns.reshape(B, -1), flow.reshape(B, L * pr.shape[-1]))
+    elif mdp.is_deterministic:
+        d = _doubling(mdp, policy, mdp.mu0.expand(B, S), transpose=True)
     else:
         P_pi = _policy_kernel(mdp, policy)
         eye = torch.eye(S, dtype=mdp.dtype, device=policy.device)
         lhs = (eye - mdp.gamma * P_pi).transpose(-1, -2)
         d = torch.linalg.solve(lhs, mdp.mu0.expand(B, S).unsqueeze(-1)).squeeze(-1)
-    nu = torch.zeros(B, S, A, dtype=d.dtype, device=d.device)
+    return _spread(d, policy, mdp.num_actions)
+
+
+def _spread(d: torch.Tensor, policy: torch.Tensor, A: int) -> torch.Tensor:
+    """``nu[b, s, a] = d[b, s] * 1{a = policy[b, s]}``."""
+    nu = torch.zeros(*d.shape, A, dtype=d.dtype, device=d.device)
     return nu.scatter_(-1, policy.unsqueeze(-1), d.unsqueeze(-1))
 
 
@@ -98,6 +109,31 @@ def _policy_kernel(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
     pr = mdp.next_probs[torch.arange(S, device=policy.device), policy]
     P = torch.zeros(B, S, S, dtype=mdp.dtype, device=policy.device)
     return P.scatter_add_(-1, ns, pr)
+
+
+def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose: bool = False) -> torch.Tensor:
+    """``sum_t (gamma P_pi)^t x`` (or with ``P_pi^T``) for a deterministic MDP, by repeated squaring.
+
+    With ``g(s)`` the discounted probability of the single successor ``n(s)`` under the policy,
+    ``(I + G^(2^k)) ... (I + G^2)(I + G) = sum_{t < 2^(k+1)} G^t``, and ``G^(2^k)`` is again a single-
+    successor map (``n`` composed with itself, ``g`` multiplied along the way). The series is cut
+    where ``gamma^(2^k) / (1 - gamma)`` is below ``1e-18``, i.e. at round-off: this is an exact
+    evaluation of the policy, not value iteration.
+    """
+    S = policy.shape[1]
+    rows = torch.arange(S, device=policy.device)
+    nxt = mdp.next_states[rows, policy][..., 0]  # [B, S]
+    g = mdp.gamma * mdp.next_probs[rows, policy][..., 0]
+    steps = max(1, math.ceil(math.log2(math.log(1e-18 * (1 - mdp.gamma)) / math.log(mdp.gamma))) + 1)
+    out = x.clone()
+    for _ in range(steps):
+        if transpose:
+            out = out.scatter_add(-1, nxt, g * out)
+        else:
+            out = out + g * out.gather(-1, nxt)
+        g = g * g.gather(-1, nxt)
+        nxt = nxt.gather(-1, nxt)
+    return out
 
 
 def backward_induction(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL) -> ExactSolution:
@@ -116,12 +152,14 @@ def backward_induction(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TO
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
     Q = torch.empty_like(c)
     pi = torch.empty(B, S, dtype=torch.long, device=c.device)
-    for lvl in mdp.levels:
-        q = c[:, lvl] + mdp.gamma * (V[:, mdp.next_states[lvl]] * mdp.next_probs[lvl]).sum(-1)
-        Q[:, lvl] = q
+    for idx in mdp.level_index:
+        ns, pr = mdp.next_states[idx], mdp.next_probs[idx]  # [L, A, K]
+        L, _, K = ns.shape
+        nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
+        q = c[:, idx] + mdp.gamma * (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
         a = _greedy(q, tie_tol)
-        pi[:, lvl] = a
-        V[:, lvl] = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
+        Q[:, idx], pi[:, idx] = q, a
+        V[:, idx] = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
     nu = occupancy_of_policy(mdp, pi)
     return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
 
@@ -131,31 +169,42 @@ def policy_iteration(
     c: torch.Tensor,
     tie_tol: float = TIE_TOL,
     max_iter: int = 1000,
-    warm_start: int = 20,
+    warm_start: int | None = None,
 ) -> ExactSolution:
     """Exact solution of a discounted MDP by Howard's policy iteration.
 
-    Evaluation solves ``(I - gamma P_pi) V = c_pi`` exactly (batched dense solve); improvement is
-    greedy with the tie rule of the module docstring. The first policy is greedy after
-    ``warm_start`` sweeps of value iteration (cheap gathers), so that most entries need one or two
-    exact evaluations; each later round re-solves only the entries whose policy changed. It stops
-    when no policy changes, which certifies optimality.
+    Evaluation is exact: repeated squaring of the successor map for deterministic MDPs (see
+    :func:`_doubling`), else a batched LU solve of ``(I - gamma P_pi) V = c_pi``. Improvement is
+    greedy with the tie rule of the module docstring. In the LU case the first policy is greedy
+    after ``warm_start`` sweeps of value iteration (default 20) so that most entries need one or two
+    factorizations, and later rounds re-solve only the entries whose policy changed. It stops when
+    no policy changes, which certifies optimality.
 
     Args:
         mdp: A discounted MDP (``gamma < 1``).
         c: Rewards ``[B, S, A]``.
         tie_tol: Relative tolerance under which actions count as tied.
         max_iter: Raise if the policies have not converged after this many improvements.
-        warm_start: Value-iteration sweeps before the first policy.
+        warm_start: Value-iteration sweeps before the first policy (default: 0 if deterministic, else 20).
     """
     if mdp.gamma >= 1.0:
         raise ValueError("policy_iteration needs a discount gamma < 1")
     B, S, A = c.shape
-    eye = torch.eye(S, dtype=c.dtype, device=c.device)
+    deterministic = mdp.is_deterministic
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
-    for _ in range(warm_start):
+    for _ in range((0 if deterministic else 20) if warm_start is None else warm_start):
         V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
     pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
+    if deterministic:
+        for _ in range(max_iter):
+            V = _doubling(mdp, pi, c.gather(-1, pi.unsqueeze(-1)).squeeze(-1))
+            Q = c + mdp.gamma * mdp.expected_next(V)
+            new = _greedy(Q, tie_tol, current=pi)
+            if torch.equal(new, pi):
+                return ExactSolution(V @ mdp.mu0, V, Q, pi, occupancy_of_policy(mdp, pi))
+            pi = new
+        raise RuntimeError(f"policy iteration did not converge in {max_iter} iterations")
+    eye = torch.eye(S, dtype=c.dtype, device=c.device)
     active = torch.arange(B, device=c.device)
     for _ in range(max_iter):
         everyone = active.numel() == B
@@ -175,21 +224,24 @@ def policy_iteration(
     Q = c + mdp.gamma * mdp.expected_next(V)
     # Occupancy: (I - gamma P_pi)^T d = mu0, with the factorization of the final evaluation.
     d = torch.linalg.lu_solve(lu, pivots, mdp.mu0.expand(B, S).unsqueeze(-1), adjoint=True).squeeze(-1)
-    nu = torch.zeros_like(c).scatter_(-1, pi.unsqueeze(-1), d.unsqueeze(-1))
-    return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
+    return ExactSolution(V @ mdp.mu0, V, Q, pi, _spread(d, pi, A))
 
 
-def solve_exact(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL) -> ExactSolution:
+def solve_exact(
+    mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL, check_finite: bool = True
+) -> ExactSolution:
     """Solves the follower's problem exactly for every reward tensor in the batch.
 
     Args:
         mdp: The MDP.
         c: Rewards ``[..., S, A]``; leading dimensions are flattened into one batch and restored.
+        tie_tol: Relative tolerance under which actions count as tied (module docstring).
+        check_finite: Reject NaN/inf in ``c`` (callers that validated their inputs may skip the scan).
 
     Returns:
         An :class:`ExactSolution` whose tensors carry the leading dimensions of ``c``.
     """
-    mdp.check_rewards(c)
+    mdp.check_rewards(c, check_finite=check_finite)
     lead = c.shape[:-2]
     flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
     if mdp.levels is not None:
@@ -205,20 +257,21 @@ def solve_exact(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL) -> E
     )
 
 
-def solve_lp_highs(mdp: TabularMDP, c: torch.Tensor) -> tuple[float, np.ndarray]:
-    """Solves the occupancy LP (paper, equation 2) for one reward matrix with SciPy's HiGHS.
+def solve_lp_highs(mdp: TabularMDP, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Solves the occupancy LP (paper, equation 2) with SciPy's HiGHS, one instance at a time.
 
-    ``max c . nu  s.t.  M nu = mu0, nu >= 0`` with the flow matrix of :meth:`TabularMDP.flow_matrix`.
+    ``max c . nu  s.t.  M nu = mu0, nu >= 0`` with the flow matrix of :meth:`TabularMDP.flow_matrix`
+    (built once for the whole batch). This is the reference for tests and benchmarks, not a hot path.
 
     Args:
         mdp: The MDP.
-        c: Rewards ``[S, A]``.
+        c: Rewards ``[..., S, A]``.
 
     Returns:
-        The optimal value and an optimal occupancy as a ``[S, A]`` NumPy array.
+        Optimal values ``[...]`` and optimal occupancies ``[..., S, A]`` as NumPy arrays.
 
     Raises:
-        RuntimeError: If HiGHS does not report an optimal solution.
+        RuntimeError: If HiGHS does not report an optimal solution for some instance.
     """
     from scipy.optimize import linprog
     from scipy.sparse import coo_matrix
@@ -227,13 +280,13 @@ def solve_lp_highs(mdp: TabularMDP, c: torch.Tensor) -> tuple[float, np.ndarray]
     M = mdp.flow_matrix().cpu()
     idx = M.indices().numpy()
     A_eq = coo_matrix((M.values().numpy(), (idx[0], idx[1])), shape=tuple(M.shape)).tocsr()
-    res = linprog(
-        -c.detach().cpu().double().flatten().numpy(),
-        A_eq=A_eq,
-        b_eq=mdp.mu0.cpu().double().numpy(),
-        bounds=(0, None),
-        method="highs",
-    )
-    if res.status != 0:
-        raise RuntimeError(f"HiGHS failed on the occupancy LP: {res.message}")
-    return -float(res.fun), res.x.reshape(mdp.shape)
+    b_eq = mdp.mu0.cpu().double().numpy()
+    flat = c.detach().cpu().double().reshape(-1, mdp.num_states * mdp.num_actions).numpy()
+    values = np.empty(flat.shape[0])
+    nus = np.empty_like(flat)
+    for k, row in enumerate(flat):
+        res = linprog(-row, A_eq=A_eq, b_eq=b_eq, bounds=(0, None), method="highs")
+        if res.status != 0:
+            raise RuntimeError(f"HiGHS failed on the occupancy LP (batch entry {k}): {res.message}")
+        values[k], nus[k] = -res.fun, res.x
+    return values.reshape(c.shape[:-2]), nus.reshape(c.shape)

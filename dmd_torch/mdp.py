@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 
@@ -172,6 +173,21 @@ class TabularMDP:
         """``(S, A)``."""
         return self.num_states, self.num_actions
 
+    @cached_property
+    def level_index(self) -> list[slice | torch.Tensor]:
+        """``levels`` as slices where a level is a contiguous range of states (cheap views)."""
+        out: list[slice | torch.Tensor] = []
+        for lvl in self.levels or []:
+            lo, hi = int(lvl.min()), int(lvl.max()) + 1
+            contiguous = hi - lo == lvl.numel() and bool((lvl.sort().values == torch.arange(lo, hi, device=lvl.device)).all())
+            out.append(slice(lo, hi) if contiguous else lvl)
+        return out
+
+    @property
+    def is_deterministic(self) -> bool:
+        """True when every state-action pair has at most one successor (``K = 1``)."""
+        return self.next_states.shape[-1] == 1
+
     @property
     def is_acyclic(self) -> bool:
         return self.levels is not None
@@ -236,8 +252,8 @@ class TabularMDP:
             torch.stack([rows, cols]), vals, (S, S * A), check_invariants=True
         ).coalesce()
 
-    def check_rewards(self, c: torch.Tensor, name: str = "c") -> torch.Tensor:
-        """Validates a reward tensor ``[..., S, A]`` (shape and finiteness) and returns it."""
+    def check_rewards(self, c: torch.Tensor, name: str = "c", check_finite: bool = True) -> torch.Tensor:
+        """Validates a reward tensor ``[..., S, A]`` (shape and, optionally, finiteness) and returns it."""
         if not isinstance(c, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(c).__name__}")
         if c.dim() < 2 or tuple(c.shape[-2:]) != self.shape:
@@ -245,6 +261,6 @@ class TabularMDP:
                 f"{name} must have shape [..., S, A] = [..., {self.num_states}, {self.num_actions}], "
                 f"got {tuple(c.shape)}"
             )
-        if not torch.isfinite(c).all():
+        if check_finite and not torch.isfinite(c).all():
             raise ValueError(f"{name} contains NaN or inf")
         return c

@@ -132,7 +132,9 @@ class AMA(nn.Module):
         setting = self.setting
         with torch.no_grad():
             r = setting.rewards(types.to(self.boosts.device))
-            sol = solve_exact(setting.mdp, self.affine_rewards(r))
+            sol = solve_exact(setting.mdp, self.affine_rewards(r), check_finite=False)
+            if not torch.isfinite(sol.value).all():  # NaN/inf rewards propagate into the values
+                raise ValueError(f"setting {setting.name!r} produced NaN or inf rewards for finite types")
             nu = sol.occupancy[:, 0]
             w = self.weights.detach()
             V = (r * nu.unsqueeze(1)).sum((-2, -1))

@@ -1,0 +1,72 @@
+"""Benchmark of exact evaluation (issue: core) — prints ratios measured side by side in one run.
+
+1. For one cell of each setting: exact evaluation of ``--profiles`` profiles (all ``n + 1`` follower
+   problems per profile, batched) against solving the same profiles' occupancy LPs with SciPy's
+   HiGHS (``--lp-profiles`` of them, extrapolated per profile), and the speed-up.
+2. The VCG column of the paper's Tables 1-5 (32 cells, ``--profiles`` profiles each), timed.
+
+Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 20]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from dmd_torch import AMA, make_env
+from dmd_torch.evaluation import objective_values
+from dmd_torch.exact import solve_lp_highs
+
+CELLS = [("seq_sales", 5, 3, "symmetric"), ("scheduling", 3, 5, "symmetric"), ("gridworld", 5, 4, "one_cell")]
+TABLES = [
+    ("seq_sales", "symmetric", [(n, m) for m in (2, 3) for n in (2, 3, 4, 5)]),
+    ("seq_sales", "asymmetric", [(n, m) for m in (2, 3) for n in (2, 3, 4, 5)]),
+    ("scheduling", "symmetric", [(2, 4), (2, 5), (3, 4), (3, 5)]),
+    ("scheduling", "asymmetric", [(2, 4), (2, 5), (3, 4), (3, 5)]),
+    ("gridworld", "one_cell", [(n, m) for m in (3, 4) for n in (2, 3, 4, 5)]),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--profiles", type=int, default=10_000)
+    parser.add_argument("--lp-profiles", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"\n{'cell':<28}{'exact prof/s':>14}{'HiGHS prof/s':>14}{'speed-up':>11}")
+    for name, n, m, dist in CELLS:
+        env = make_env(name, n_agents=n, size=m, distribution=dist)
+        ama = AMA.vcg(env)
+        types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed))
+        t0 = time.perf_counter()
+        objective_values(ama, types)
+        exact_rate = args.profiles / (time.perf_counter() - t0)
+        c = ama.affine_rewards(env.rewards(types[: args.lp_profiles])).detach()
+        t0 = time.perf_counter()
+        solve_lp_highs(env.mdp, c)  # the same n + 1 problems per profile
+        lp_rate = args.lp_profiles / (time.perf_counter() - t0)
+        label = f"{name} {dist} n={n} m={m}"
+        print(f"{label:<28}{exact_rate:>14.0f}{lp_rate:>14.1f}{exact_rate / lp_rate:>10.0f}x")
+    print(f"\nVCG column of Tables 1-5, {args.profiles} profiles per cell:")
+    total = 0.0
+    for name, dist, cells in TABLES:
+        t_table = 0.0
+        for n, m in cells:
+            env = make_env(name, n_agents=n, size=m, distribution=dist)
+            types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed))
+            t0 = time.perf_counter()
+            objective_values(AMA.vcg(env), types)
+            t_table += time.perf_counter() - t0
+        total += t_table
+        print(f"  {name} {dist:<11} {len(cells):>2} cells {t_table:7.2f} s")
+    print(f"  all 32 cells            {total:7.2f} s")
+
+
+if __name__ == "__main__":
+    main()
