@@ -9,6 +9,7 @@ from dmd_torch.evaluation import AuditResult, EvaluationResult, evaluate, ic_aud
 from dmd_torch.exact import ExactSolution, solve_exact, solve_lp_highs
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.mechanism import AMA, Outcome
+from dmd_torch.regularized import regularized_occupancy
 from dmd_torch.storage import load_mechanism, save_mechanism
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "make_env",
     "AMA",
     "Outcome",
+    "regularized_occupancy",
     "EvaluationResult",
     "AuditResult",
     "evaluate",

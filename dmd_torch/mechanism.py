@@ -27,6 +27,7 @@ from torch import nn
 
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
+from dmd_torch.regularized import regularized_occupancy
 
 __all__ = ["AMA", "Outcome"]
 
@@ -157,12 +158,19 @@ class AMA(nn.Module):
     def forward(self, types: torch.Tensor, alpha: float = 0.01, backend: str = "auto", **solver_options: Any) -> torch.Tensor:
         """Entropy-regularized objective per profile ``[B]``, differentiable in the parameters.
 
-        All ``n + 1`` regularized problems per profile (:func:`dmd_torch.regularized_occupancy`) are
-        solved in one batched call. Revenue is ``sw(nu) + sum_i (asw^(-i) - asw) / w_i`` (paper,
-        section 4). Gradient estimators: the affine-welfare terms use the envelope theorem (their
-        derivative is ``<d c / d theta, nu>`` at fixed ``nu``, the paper's Appendix C), so only the
-        welfare term ``sw(nu)`` differentiates through the regularized solution; a loss such as the
-        makespan ``<q, nu>`` differentiates through ``nu``.
+        The follower solves the regularized problem (:func:`dmd_torch.regularized_occupancy`,
+        paper section 4, "Regularized linear program") instead of equation 2. For revenue, all
+        ``n + 1`` problems per profile are solved in one batched call and
+
+            rev_alpha = sw(nu_alpha) + sum_i (asw_alpha^(-i) - asw_alpha) / w_i,
+
+        where ``asw_alpha = max_nu <c, nu> + alpha H(nu)`` is the regularized optimal value
+        (``H(nu) = -sum nu log nu``). Gradient estimator: by the envelope theorem (the paper's
+        Appendix C) ``d asw_alpha / d c = nu_alpha`` at fixed ``nu_alpha``, so only ``sw`` is
+        differentiated through the solution map; the result is the exact gradient of
+        ``rev_alpha``. A loss such as the makespan ``<q, nu_alpha>`` needs only the full problem and
+        differentiates through ``nu_alpha``. As ``alpha -> 0`` both tend to the exact objective
+        (Theorem 4.3).
 
         Args:
             types: Reported type profiles ``[B, n, K]``.
@@ -170,20 +178,20 @@ class AMA(nn.Module):
             backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``.
             **solver_options: Passed to the backend.
         """
-        from dmd_torch.regularized import regularized_occupancy
-
-        if not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
+        if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
             raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
         self.check_parameters()
         setting = self.setting
+        mdp = setting.mdp
         r = setting.rewards(types.to(self.boosts.device))
         c = self.affine_rewards(r)
-        B, P = c.shape[:2]
-        nu = regularized_occupancy(setting.mdp, c.flatten(0, 1), alpha, backend=backend, **solver_options)
-        nu = nu.reshape(B, P, *setting.mdp.shape)
         if not setting.maximize:
-            return (setting.loss_vector(types).to(nu) * nu[:, 0]).sum((-2, -1))
-        asw = (c * nu.detach()).sum((-2, -1))  # envelope theorem: no gradient through nu
+            nu = regularized_occupancy(mdp, c[:, 0], alpha, backend=backend, **solver_options)
+            return (setting.loss_vector(types).to(nu) * nu).sum((-2, -1))
+        nu = regularized_occupancy(mdp, c, alpha, backend=backend, **solver_options)  # [B, n+1, S, A]
+        fixed = nu.detach()
+        entropy = -torch.special.xlogy(fixed, fixed).sum((-2, -1))
+        asw = (c * fixed).sum((-2, -1)) + alpha * entropy  # envelope theorem: no gradient through nu
         sw = (r.sum(1) * nu[:, 0]).sum((-2, -1))
         return sw + ((asw[:, 1:] - asw[:, :1]) / self.weights).sum(-1)
 

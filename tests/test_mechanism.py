@@ -83,3 +83,58 @@ def test_nan_types_rejected():
     env = make_env("seq_sales", n_agents=2, size=2)
     with pytest.raises(ValueError, match="types contain NaN or inf"):
         AMA(env).outcome(torch.tensor([[[0.5], [float("nan")]]], dtype=torch.float64))
+
+
+CELLS = [("seq_sales", 2, 2, "asymmetric"), ("scheduling", 2, 3, "asymmetric"), ("gridworld", 2, 3, "one_cell")]
+
+
+def _random_ama(env, gen):
+    return AMA(
+        env,
+        weights=0.5 + torch.rand(env.n_agents, generator=gen, dtype=torch.float64),
+        boosts=torch.rand(env.mdp.shape, generator=gen, dtype=torch.float64),
+    )
+
+
+@pytest.mark.parametrize("name, n, m, dist", CELLS)
+def test_regularized_objective_converges_to_exact(gen, name, n, m, dist):
+    """Theorem 4.3: the regularized objective tends to the exact one as alpha -> 0."""
+    env = make_env(name, n_agents=n, size=m, distribution=dist)
+    ama = _random_ama(env, gen)
+    types = env.sample_types(200, gen)
+    exact = ama.outcome(types).objective.mean()
+    with torch.no_grad():
+        gaps = [float((ama(types, alpha=a).mean() - exact).abs()) for a in (1.0, 0.1, 0.01, 0.001)]
+    assert all(later < earlier for earlier, later in zip(gaps, gaps[1:])), gaps
+    assert gaps[-1] < 0.02 * max(1.0, float(exact.abs()))
+
+
+@pytest.mark.parametrize("name, n, m, dist", CELLS)
+def test_regularized_objective_gradient_matches_finite_differences(gen, name, n, m, dist):
+    env = make_env(name, n_agents=n, size=m, distribution=dist)
+    ama = _random_ama(env, gen)
+    for p in ama.parameters():
+        p.requires_grad_(True)
+    types = env.sample_types(5, gen)
+    alpha = 0.1
+    ama(types, alpha=alpha).sum().backward()
+    h = 1e-5
+    for p in (ama.log_weights, ama.boosts):
+        flat = p.data.view(-1)
+        for k in torch.randperm(flat.numel(), generator=gen)[:4].tolist():
+            old = flat[k].item()
+            with torch.no_grad():
+                flat[k] = old + h
+                up = ama(types, alpha=alpha).sum().item()
+                flat[k] = old - h
+                down = ama(types, alpha=alpha).sum().item()
+                flat[k] = old
+            fd = (up - down) / (2 * h)
+            assert p.grad.view(-1)[k].item() == pytest.approx(fd, rel=1e-4, abs=1e-7)
+
+
+def test_forward_rejects_bad_alpha(gen):
+    env = make_env("seq_sales", n_agents=2, size=2)
+    for alpha in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
+            AMA(env)(env.sample_types(2, gen), alpha=alpha)
