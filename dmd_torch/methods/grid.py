@@ -1,0 +1,206 @@
+"""Random grid search over Sobol points (paper, section 5 "Grid search"; Algorithm 1, line 2).
+
+Candidates ``(w, b)`` are scrambled, seeded Sobol points (:class:`torch.quasirandom.SobolEngine`):
+boosts uniform in ``[-B, B]`` with the setting's ``boost_range`` ``B`` (spec, "Sobol boost
+ranges") and, where the setting optimizes weights, weights mapped into ``(0, 1]`` and normalized to
+sum to one. Every candidate is scored EXACTLY (the follower's LP, paper equation 2, by dynamic
+programming) on the same training profiles (common random numbers; the paper uses 10,000 points and
+2,000 profiles). Candidates are scored in batches: the affine rewards of several candidates are
+stacked into one batched :func:`~dmd_torch.exact.solve_exact` call. The best candidate is kept;
+the ``top_k`` best serve as starting points of the gradient methods (Algorithm 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch.quasirandom import SobolEngine
+
+from dmd_torch.envs.base import Setting
+from dmd_torch.exact import solve_exact
+from dmd_torch.mechanism import AMA
+from dmd_torch.methods.base import (
+    Callback,
+    Method,
+    MethodResult,
+    StepEvent,
+    batched_affine_rewards,
+    check_int,
+    exact_score,
+    restore,
+    stream_seed,
+)
+
+__all__ = ["GridSearch", "sobol_candidates", "candidate_objectives", "score_candidates"]
+
+
+def sobol_candidates(ama: AMA, num_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scrambled Sobol candidates over the parameters the setting optimizes.
+
+    Args:
+        ama: Mechanism whose fixed parameters (those without ``requires_grad``) every candidate keeps.
+        num_points: Number of candidates.
+        seed: Scrambling seed.
+
+    Returns:
+        ``log_weights [N, n]`` and ``boosts [N, S, A]``.
+    """
+    setting = ama.setting
+    n = setting.n_agents
+    S, A = setting.mdp.shape
+    dim_b = S * A if ama.boosts.requires_grad else 0
+    dim_w = n if ama.log_weights.requires_grad else 0
+    if dim_b + dim_w == 0:
+        raise ValueError("the mechanism has no free parameters to search over")
+    engine = SobolEngine(dim_b + dim_w, scramble=True, seed=int(seed))
+    u = engine.draw(num_points, dtype=torch.float64).to(ama.boosts.device)
+    if dim_b:
+        boosts = ((2.0 * u[:, :dim_b] - 1.0) * setting.boost_range).reshape(num_points, S, A)
+    else:
+        boosts = ama.boosts.detach().expand(num_points, S, A).clone()
+    if dim_w:
+        w = 1.0 - u[:, dim_b:]  # (0, 1]
+        log_weights = (w / w.sum(-1, keepdim=True)).log()
+    else:
+        log_weights = ama.log_weights.detach().expand(num_points, n).clone()
+    return log_weights.to(ama.boosts.dtype), boosts.to(ama.boosts.dtype)
+
+
+def candidate_objectives(
+    setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor, types: torch.Tensor, r: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Exact objective of ``C`` candidate AMAs on ``P`` profiles in one batched solve, ``[C, P]``.
+
+    Same formulas as :meth:`AMA.outcome` (revenue ``sum_i p_i`` with
+    ``p_i = (asw^(-i) - (asw - w_i V_i)) / w_i``, or the loss ``<q, nu>``).
+
+    Args:
+        setting: The setting.
+        log_weights: ``[C, n]``.
+        boosts: ``[C, S, A]``.
+        types: Type profiles ``[P, n, K]``.
+        r: ``setting.rewards(types)`` if already computed.
+    """
+    r = setting.rewards(types) if r is None else r
+    with torch.no_grad():
+        if not setting.maximize:
+            c = batched_affine_rewards(r, log_weights, boosts, without=False)
+            nu = solve_exact(setting.mdp, c).occupancy  # [C, P, S, A]
+            return (setting.loss_vector(types).unsqueeze(0) * nu).sum((-2, -1))
+        c = batched_affine_rewards(r, log_weights, boosts)
+        sol = solve_exact(setting.mdp, c)
+        nu = sol.occupancy[:, :, 0]  # [C, P, S, A]
+        w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
+        V = (r.unsqueeze(0) * nu.unsqueeze(2)).sum((-2, -1))  # [C, P, n]
+        asw, asw_without = sol.value[:, :, :1], sol.value[:, :, 1:]
+        return ((asw_without - (asw - w * V)) / w).sum(-1)
+
+
+def score_candidates(
+    setting: Setting,
+    log_weights: torch.Tensor,
+    boosts: torch.Tensor,
+    types: torch.Tensor,
+    batch: int,
+    on_batch: Any = None,
+) -> torch.Tensor:
+    """Mean exact objective of each candidate on the common profiles ``types``, ``[C]``.
+
+    Args:
+        setting: The setting.
+        log_weights: ``[C, n]``.
+        boosts: ``[C, S, A]``.
+        types: Common profiles ``[P, n, K]``.
+        batch: Candidates per batched solve.
+        on_batch: Optional ``f(scores_so_far: Tensor)`` called after each batch.
+    """
+    r = setting.rewards(types)
+    out = []
+    for lw, b in zip(log_weights.split(batch), boosts.split(batch)):
+        out.append(candidate_objectives(setting, lw, b, types, r).mean(-1))
+        if on_batch is not None:
+            on_batch(out[-1])
+    return torch.cat(out)
+
+
+@dataclass
+class GridSearch(Method):
+    """Sobol grid search, exact scores on common profiles (paper, section 5).
+
+    Attributes:
+        num_points: Sobol candidates (paper: 10,000).
+        profiles: Common training profiles per candidate (paper: 2,000).
+        top_k: How many best candidates to return in :attr:`MethodResult.top` (multi-start).
+        max_batch_elements: Bound on ``candidates x profiles x (n + 1) x S x A`` per batched solve.
+    """
+
+    name = "grid"
+    num_points: int = 10_000
+    profiles: int = 2_000
+    top_k: int = 1
+    max_batch_elements: int = 4_000_000
+
+    def __post_init__(self) -> None:
+        check_int("grid num_points", self.num_points)
+        check_int("grid profiles", self.profiles)
+        check_int("grid top_k", self.top_k)
+        check_int("grid max_batch_elements", self.max_batch_elements)
+        if self.top_k > self.num_points:
+            raise ValueError(f"grid top_k must be <= num_points = {self.num_points}, got {self.top_k}")
+
+    def total_work(self) -> int:
+        return self.num_points
+
+    def hparams(self) -> dict[str, Any]:
+        return {"method": self.name, "num_points": self.num_points, "profiles": self.profiles, "top_k": self.top_k}
+
+    def batch_size(self, setting: Setting) -> int:
+        """Candidates per batched solve for ``setting``."""
+        S, A = setting.mdp.shape
+        per = self.profiles * (setting.n_agents + 1) * S * A
+        return max(1, min(self.num_points, self.max_batch_elements // per))
+
+    def training_profiles(self, setting: Setting, seed: int = 0) -> torch.Tensor:
+        """The common profiles every candidate is scored on, ``[profiles, n, K]``."""
+        gen = torch.Generator().manual_seed(stream_seed(seed, "grid-profiles"))
+        return setting.sample_types(self.profiles, gen)
+
+    def run(
+        self,
+        ama: AMA,
+        *,
+        heldout: torch.Tensor,
+        seed: int = 0,
+        callback: Callback | None = None,
+    ) -> MethodResult:
+        """Scores all candidates, sets ``ama`` to the best and returns the ``top_k`` best."""
+        setting = ama.setting
+        self.check_setting(setting)
+        device = ama.boosts.device
+        types = self.training_profiles(setting, seed).to(device)
+        log_weights, boosts = sobol_candidates(ama, self.num_points, stream_seed(seed, "grid-sobol") % 2**31)
+        sign = 1.0 if setting.maximize else -1.0
+        done = [0, -float("inf")]  # candidates scored, best score (sign * objective)
+
+        def report(scores: torch.Tensor) -> None:
+            done[0] += scores.numel()
+            done[1] = max(done[1], float((sign * scores).max()))
+            if callback is not None:
+                callback(StepEvent("grid", done[0], 0, scores.numel(), ama, objective=sign * done[1]))
+
+        scores = score_candidates(setting, log_weights, boosts, types, self.batch_size(setting), report)
+        order = torch.argsort(sign * scores, descending=True, stable=True)[: self.top_k]
+        top = [(float(scores[k]), log_weights[k].clone(), boosts[k].clone()) for k in order.tolist()]
+        restore(ama, (top[0][1], top[0][2]))
+        held = exact_score(ama, heldout)
+        if callback is not None:
+            callback(StepEvent("grid", done[0], 0, 0, ama, objective=top[0][0], heldout=held, best=held))
+        return MethodResult(
+            ama=ama,
+            heldout=held,
+            candidates=self.num_points,
+            history=[{"step": self.num_points, "start": 0, "heldout": held}],
+            top=top,
+        )

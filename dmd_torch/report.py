@@ -1,0 +1,749 @@
+"""Reproduction report: the paper's Tables 1-5 from a directory of training runs.
+
+A sweep (``python scripts/train.py -m +experiment=table1``, see ``docs/sweeps.md``) leaves one
+``results.json`` per run (:mod:`dmd_torch.app`). This module collects them, groups them by the
+paper's cells (setting, ``n``, ``m``) and methods, and writes per table
+
+* ``table<k>.md``: the paper's layout -- n, m, VCG, grid, zeroth order, regularized LP, best
+  improvement -- each of our figures as ``mean ± standard error`` with the paper's published figure
+  in parentheses, the known optimum and optimality ratio for the sales tables, and the wall time of
+  each run;
+* ``table<k>.csv``: the same, one column per quantity (empty field = missing);
+* ``table<k>.png``: our means (bars with standard errors) against the paper's (black ticks).
+
+The published figures are package data (``dmd_torch/data/paper_tables.csv``, citation in
+``dmd_torch/data/README.md``), read with :mod:`importlib.resources`.
+
+Sign convention of "best improvement" (the paper's): ``100 * (best - VCG) / |VCG|`` where *best* is
+the best of the three methods' means in the objective's direction (highest revenue, lowest
+makespan). Revenue gains are therefore positive and makespan gains negative, exactly as the paper
+prints them (Tables 3 and 4: "-11.65%" is an 11.65% shorter makespan). This differs from the
+``improvement_pct`` field of ``results.json``, which is positive-is-better for both objectives; the
+report recomputes the figure from the means. Where VCG's mean is 0 the relative figure is
+undefined and shown as "N/A" (as in the paper); a cell or method without a run shows "—".
+
+:func:`is_complete` decides whether a run directory holds a finished, usable ``results.json``
+(used to skip finished jobs when a sweep is rerun).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+
+from dmd_torch.storage import atomic_write
+
+__all__ = [
+    "METHODS",
+    "METHOD_LABELS",
+    "REQUIRED_KEYS",
+    "TABLES",
+    "TableSpec",
+    "PaperRow",
+    "RunRecord",
+    "Row",
+    "is_complete",
+    "load_run",
+    "collect_results",
+    "load_paper_tables",
+    "improvement_pct",
+    "best_improvement",
+    "build_rows",
+    "render_markdown",
+    "table_csv",
+    "plot_table",
+    "write_reports",
+]
+
+log = logging.getLogger(__name__)
+
+#: The paper's methods, in the tables' column order.
+METHODS: tuple[str, ...] = ("grid", "zeroth_order", "reg_lp")
+
+#: Column titles of the methods.
+METHOD_LABELS: dict[str, str] = {"grid": "grid", "zeroth_order": "zeroth order", "reg_lp": "regularized LP"}
+
+_SHORT = {"grid": "grid", "zeroth_order": "ZO", "reg_lp": "reg. LP"}
+
+#: Keys a finished ``results.json`` must have (written by :func:`dmd_torch.app.run`).
+REQUIRED_KEYS: tuple[str, ...] = (
+    "setting",
+    "env",
+    "method",
+    "seed",
+    "objective",
+    "maximize",
+    "mean",
+    "stderr",
+    "vcg_mean",
+    "vcg_stderr",
+    "improvement_pct",
+    "known_optimum",
+    "optimality_ratio",
+    "runtime_seconds",
+    "steps",
+)
+_ENV_KEYS = ("name", "n_agents", "size", "distribution")
+_FINITE_KEYS = ("mean", "stderr", "vcg_mean", "vcg_stderr", "runtime_seconds")
+_ZERO = 1e-9  # |VCG| below this: the relative improvement is undefined ("N/A")
+_MISSING = "—"
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """One of the paper's result tables.
+
+    Attributes:
+        number: The table's number in the paper (1-5).
+        setting: The ``setting`` key of ``results.json`` and of the reference CSV.
+        objective: ``revenue`` or ``makespan``.
+        maximize: Whether higher is better.
+        title: A one-line description.
+        m_label: What ``m`` counts in this table.
+        paper_runtime_hours: The runtime bounds of the paper's caption, per method (hours).
+        paper_stderr_bound: The standard-error bound of the paper's caption.
+    """
+
+    number: int
+    setting: str
+    objective: str
+    maximize: bool
+    title: str
+    m_label: str
+    paper_runtime_hours: Mapping[str, float]
+    paper_stderr_bound: float
+
+    @property
+    def has_known_optimum(self) -> bool:
+        """Whether the setting has a known optimal mechanism (the sequential-sales tables)."""
+        return self.setting.startswith("seq_sales")
+
+
+#: The paper's five tables (captions of Tables 1-5; Table 5's caption says "makespan" but the
+#: gridworld objective, and its figures, are revenue).
+TABLES: dict[int, TableSpec] = {
+    1: TableSpec(1, "seq_sales_sym", "revenue", True, "Sequential sales, symmetric values v_i ~ U[0, 1]",
+                 "items", {"grid": 31.0, "zeroth_order": 0.2, "reg_lp": 1.1}, 0.007),
+    2: TableSpec(2, "seq_sales_asym", "revenue", True, "Sequential sales, asymmetric values v_i ~ U[0, 1/i], weights optimized",
+                 "items", {"grid": 32.0, "zeroth_order": 0.2, "reg_lp": 1.1}, 0.004),
+    3: TableSpec(3, "scheduling_sym", "makespan", False, "Dynamic task scheduling, costs U[0, 3]",
+                 "tasks", {"grid": 16.0, "zeroth_order": 0.1, "reg_lp": 4.1}, 0.02),
+    4: TableSpec(4, "scheduling_asym", "makespan", False, "Dynamic task scheduling, costs i * U[0, 3], weights optimized",
+                 "tasks", {"grid": 17.0, "zeroth_order": 0.1, "reg_lp": 4.0}, 0.03),
+    5: TableSpec(5, "gridworld", "revenue", True, "Gridworld on a g x g torus, one goal cell per agent",
+                 "grid side", {"grid": 30.0, "zeroth_order": 0.1, "reg_lp": 0.1}, 0.05),
+}
+_BY_SETTING = {spec.setting: spec for spec in TABLES.values()}
+
+
+@dataclass(frozen=True)
+class PaperRow:
+    """One published cell (a row of ``paper_tables.csv``).
+
+    Attributes:
+        table: Table number.
+        setting: Reference key.
+        objective: ``revenue`` or ``makespan``.
+        n: Agents.
+        m: Items, tasks or grid side.
+        values: Published means by column: ``vcg``, ``grid``, ``zeroth_order``, ``reg_lp``.
+        text: The same as printed in the CSV (keeps the paper's digits).
+        best_improvement: The published best improvement in percent, or ``None`` ("N/A").
+        known_optimum: Reference revenue of the optimal mechanism (not in the paper), or ``None``.
+    """
+
+    table: int
+    setting: str
+    objective: str
+    n: int
+    m: int
+    values: Mapping[str, float]
+    text: Mapping[str, str]
+    best_improvement: float | None
+    known_optimum: float | None
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """The parts of one ``results.json`` the report uses.
+
+    Attributes:
+        path: The ``results.json`` file.
+        setting: Reference key.
+        n: ``env.n_agents``.
+        m: ``env.size``.
+        method: Method name.
+        seed: Training seed.
+        mean: Evaluated mean objective.
+        stderr: Its standard error.
+        vcg_mean: VCG's mean on the same profiles.
+        vcg_stderr: Its standard error.
+        known_optimum: The known optimum's mean on the same profiles, or ``None``.
+        known_optimum_stderr: Its standard error, or ``None``.
+        optimality_ratio: ``mean / known_optimum``, or ``None``.
+        runtime_seconds: Wall time of the run.
+        steps: Gradient steps taken.
+        eval_profiles: Evaluation profiles, or ``None`` when not recorded.
+        eval_seed: Evaluation seed, or ``None`` when not recorded.
+    """
+
+    path: Path
+    setting: str
+    n: int
+    m: int
+    method: str
+    seed: int
+    mean: float
+    stderr: float
+    vcg_mean: float
+    vcg_stderr: float
+    known_optimum: float | None
+    known_optimum_stderr: float | None
+    optimality_ratio: float | None
+    runtime_seconds: float
+    steps: int
+    eval_profiles: int | None = None
+    eval_seed: int | None = None
+
+
+@dataclass
+class Row:
+    """One row of a reproduced table.
+
+    Attributes:
+        n: Agents.
+        m: Items, tasks or grid side.
+        runs: Our run per method (absent: missing).
+        paper: The published cell, or ``None`` for a cell the paper does not have.
+        vcg_mean: Our VCG mean (from the first run in :data:`METHODS` order), or ``None``.
+        vcg_stderr: Its standard error, or ``None``.
+        vcg_consistent: Whether all runs of the cell report the same VCG mean (same profiles).
+        best_method: Our best method by mean, or ``None`` without runs.
+        best_improvement: Its improvement over VCG in percent (paper's sign), or ``None``.
+        known_optimum: The known optimum on our profiles (sales tables), or ``None``.
+        known_optimum_stderr: Its standard error, or ``None``.
+        optimality_ratio: Best mean over the known optimum, or ``None``.
+    """
+
+    n: int
+    m: int
+    runs: dict[str, RunRecord] = field(default_factory=dict)
+    paper: PaperRow | None = None
+    vcg_mean: float | None = None
+    vcg_stderr: float | None = None
+    vcg_consistent: bool = True
+    best_method: str | None = None
+    best_improvement: float | None = None
+    known_optimum: float | None = None
+    known_optimum_stderr: float | None = None
+    optimality_ratio: float | None = None
+
+
+# ---------------------------------------------------------------------------------------- results
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _problems(data: Any) -> list[str]:
+    """What keeps parsed ``results.json`` content from being a finished run (empty: nothing)."""
+    if not isinstance(data, dict):
+        return ["not a JSON object"]
+    problems = [f"missing key {k!r}" for k in REQUIRED_KEYS if k not in data]
+    env = data.get("env")
+    if "env" in data and not (isinstance(env, dict) and all(k in env for k in _ENV_KEYS)):
+        problems.append(f"env block lacks one of {', '.join(_ENV_KEYS)}")
+    problems += [f"{k} is not a finite number" for k in _FINITE_KEYS if k in data and not _finite(data[k])]
+    return problems
+
+
+def _canonical(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(obj))
+
+
+def is_complete(run_dir: str | os.PathLike, expected: Mapping[str, Any] | None = None) -> bool:
+    """Whether ``run_dir`` holds a finished run: ``results.json`` exists, parses, has every key of
+    :data:`REQUIRED_KEYS` (with an ``env`` block and finite means, standard errors and runtime), and
+    -- when ``expected`` is given -- agrees with it.
+
+    Args:
+        run_dir: A run directory (or the ``results.json`` file itself).
+        expected: Top-level keys and the values the run must have recorded, e.g.
+            ``{"env": ..., "method_config": ..., "seed": 0, "eval_profiles": 10000}``; compared
+            after a JSON round trip. A stored run whose configuration differs is not complete (so a
+            changed hyperparameter reruns the job instead of keeping a stale result).
+
+    Returns:
+        ``True`` if the run can be skipped, else ``False`` (never raises on a bad file).
+    """
+    path = Path(run_dir)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    if _problems(data):
+        return False
+    if expected:
+        want = _canonical(dict(expected))
+        if any(k not in data or data[k] != v for k, v in want.items()):
+            return False
+    return True
+
+
+def load_run(path: str | os.PathLike) -> RunRecord:
+    """Reads one ``results.json``.
+
+    Args:
+        path: The file, or the run directory holding it.
+
+    Raises:
+        ValueError: If the file does not parse or lacks a required key or value.
+        OSError: If it cannot be read.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    problems = _problems(data)
+    if problems:
+        raise ValueError(f"{path}: incomplete results ({'; '.join(problems)})")
+    env = data["env"]
+
+    def opt(key: str) -> float | None:
+        value = data.get(key)
+        return float(value) if _finite(value) else None
+
+    return RunRecord(
+        path=path,
+        setting=str(data["setting"]),
+        n=int(env["n_agents"]),
+        m=int(env["size"]),
+        method=str(data["method"]),
+        seed=int(data["seed"]),
+        mean=float(data["mean"]),
+        stderr=float(data["stderr"]),
+        vcg_mean=float(data["vcg_mean"]),
+        vcg_stderr=float(data["vcg_stderr"]),
+        known_optimum=opt("known_optimum"),
+        known_optimum_stderr=opt("known_optimum_stderr"),
+        optimality_ratio=opt("optimality_ratio"),
+        runtime_seconds=float(data["runtime_seconds"]),
+        steps=int(data["steps"]),
+        eval_profiles=int(data["eval_profiles"]) if _finite(data.get("eval_profiles")) else None,
+        eval_seed=int(data["eval_seed"]) if _finite(data.get("eval_seed")) else None,
+    )
+
+
+def collect_results(root: str | os.PathLike) -> list[RunRecord]:
+    """Every usable ``results.json`` below ``root``, sorted by setting, cell and method.
+
+    Unreadable or incomplete files are skipped with a logged warning. When several runs share a
+    setting, cell and method (e.g. a rerun into another directory), the most recently written one
+    is kept and the others are reported in a warning.
+
+    Args:
+        root: The directory to search (recursively), e.g. ``outputs/table1``.
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a directory.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such directory: {root}")
+    chosen: dict[tuple[str, int, int, str], tuple[float, RunRecord]] = {}
+    for path in sorted(root.rglob("results.json")):
+        try:
+            record = load_run(path)
+            mtime = path.stat().st_mtime
+        except (OSError, ValueError) as err:
+            log.warning("skipping %s: %s", path, err)
+            continue
+        key = (record.setting, record.n, record.m, record.method)
+        if key in chosen:
+            old_mtime, old = chosen[key]
+            keep, drop = (record, old) if mtime >= old_mtime else (old, record)
+            log.warning("two runs of %s n=%d m=%d %s: using %s, ignoring %s", *key, keep.path, drop.path)
+            chosen[key] = (max(mtime, old_mtime), keep)
+        else:
+            chosen[key] = (mtime, record)
+    return [rec for _, (_, rec) in sorted(chosen.items(), key=lambda kv: kv[0])]
+
+
+# ----------------------------------------------------------------------------------- paper tables
+
+
+def _parse_percent(text: str) -> float | None:
+    text = text.strip()
+    if not text or text.upper() == "N/A":
+        return None
+    return float(text.rstrip("%"))
+
+
+def load_paper_tables() -> list[PaperRow]:
+    """The published figures of Tables 1-5 (``dmd_torch/data/paper_tables.csv``), in the paper's order."""
+    text = resources.files("dmd_torch").joinpath("data", "paper_tables.csv").read_text(encoding="utf-8")
+    rows = []
+    for r in csv.DictReader(io.StringIO(text)):
+        cols = ("vcg", *METHODS)
+        rows.append(
+            PaperRow(
+                table=int(r["table"]),
+                setting=r["setting"],
+                objective=r["objective"],
+                n=int(r["n"]),
+                m=int(r["m"]),
+                values={c: float(r[c]) for c in cols},
+                text={c: r[c].strip() for c in cols},
+                best_improvement=_parse_percent(r["paper_best_improvement"]),
+                known_optimum=float(r["known_optimum"]) if r["known_optimum"].strip() else None,
+            )
+        )
+    return rows
+
+
+# ------------------------------------------------------------------------------------ computation
+
+
+def improvement_pct(value: float, vcg: float) -> float | None:
+    """``100 * (value - vcg) / |vcg|``: the paper's signed relative change over VCG.
+
+    Positive means a higher objective than VCG (better revenue, *worse* makespan); the paper prints
+    makespan gains as negative figures. ``None`` when ``|vcg|`` is 0 (the paper's "N/A").
+    """
+    if abs(vcg) < _ZERO:
+        return None
+    return 100.0 * (value - vcg) / abs(vcg)
+
+
+def best_improvement(runs: Mapping[str, RunRecord], maximize: bool) -> tuple[str | None, float | None]:
+    """Our best method of a cell and its improvement over VCG (paper's sign convention).
+
+    Args:
+        runs: The cell's runs by method (any subset of :data:`METHODS`).
+        maximize: ``True`` for revenue (best = highest mean), ``False`` for makespan (lowest).
+
+    Returns:
+        ``(method, percent)``; ``(None, None)`` without runs; the percent is ``None`` when VCG is 0.
+        Each run is compared with the VCG evaluated on its own profiles.
+    """
+    if not runs:
+        return None, None
+    pick = max if maximize else min
+    method = pick(runs, key=lambda k: runs[k].mean)
+    rec = runs[method]
+    return method, improvement_pct(rec.mean, rec.vcg_mean)
+
+
+def build_rows(
+    spec: TableSpec, records: Iterable[RunRecord], paper: Sequence[PaperRow] | None = None
+) -> list[Row]:
+    """The rows of one table: the paper's cells in the paper's order, then any extra cells we ran.
+
+    Args:
+        spec: The table.
+        records: Runs (any settings; those of other settings are ignored).
+        paper: The published rows; default :func:`load_paper_tables`.
+    """
+    paper = load_paper_tables() if paper is None else paper
+    rows: dict[tuple[int, int], Row] = {}
+    for p in paper:
+        if p.table == spec.number:
+            rows[(p.n, p.m)] = Row(n=p.n, m=p.m, paper=p)
+    extra: dict[tuple[int, int], Row] = {}
+    for rec in records:
+        if rec.setting != spec.setting:
+            continue
+        key = (rec.n, rec.m)
+        row = rows.get(key) or extra.setdefault(key, Row(n=rec.n, m=rec.m))
+        if rec.method in row.runs:
+            raise ValueError(f"two runs of {rec.method} for table {spec.number} n={rec.n} m={rec.m}: "
+                             f"{row.runs[rec.method].path} and {rec.path}")
+        row.runs[rec.method] = rec
+    ordered = list(rows.values()) + [extra[k] for k in sorted(extra, key=lambda k: (k[1], k[0]))]
+    for row in ordered:
+        runs = [row.runs[k] for k in METHODS if k in row.runs] + [
+            r for k, r in row.runs.items() if k not in METHODS
+        ]
+        if not runs:
+            continue
+        row.vcg_mean, row.vcg_stderr = runs[0].vcg_mean, runs[0].vcg_stderr
+        row.vcg_consistent = all(abs(r.vcg_mean - runs[0].vcg_mean) <= 1e-9 for r in runs)
+        row.best_method, row.best_improvement = best_improvement(
+            {k: r for k, r in row.runs.items() if k in METHODS}, spec.maximize
+        )
+        if spec.has_known_optimum and row.best_method is not None:
+            best = row.runs[row.best_method]
+            row.known_optimum, row.known_optimum_stderr = best.known_optimum, best.known_optimum_stderr
+            if best.known_optimum is not None and abs(best.known_optimum) > _ZERO:
+                row.optimality_ratio = best.mean / best.known_optimum
+    return ordered
+
+
+# -------------------------------------------------------------------------------------- rendering
+
+
+def _fmt(x: float | None, digits: int = 4) -> str:
+    return _MISSING if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x: float | None) -> str:
+    return "N/A" if x is None else f"{x:.2f}%"
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return _MISSING
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _paper_text(row: Row, column: str) -> str:
+    return row.paper.text[column] if row.paper is not None else _MISSING
+
+
+def _ours(mean: float | None, stderr: float | None, bold: bool = False) -> str:
+    if mean is None:
+        return _MISSING
+    value = f"**{mean:.4f}**" if bold else f"{mean:.4f}"
+    return f"{value} ± {_fmt(stderr)}"
+
+
+def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
+    """Table ``spec`` as Markdown, in the paper's layout, ours beside the paper's figures.
+
+    Every figure cell reads ``ours ± standard error (paper)``; our best method of each row is in
+    bold. Missing runs show "—"; an undefined relative improvement (VCG revenue 0) shows "N/A".
+    """
+    better = "higher" if spec.maximize else "lower"
+    head = ["n", "m", "VCG", *(METHOD_LABELS[k] for k in METHODS), "best improvement"]
+    if spec.has_known_optimum:
+        head += ["known optimum", "optimality ratio"]
+    head.append("wall time (" + " / ".join(_SHORT[k] for k in METHODS) + ")")
+    lines = [
+        f"# Table {spec.number}: {spec.title}",
+        "",
+        f"Objective: {spec.objective} ({better} is better); m = {spec.m_label}. "
+        "Each cell: ours ± standard error (paper's published figure); our best method in bold.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---:" for _ in head) + "|",
+    ]
+    inconsistent = False
+    for row in rows:
+        vcg = _ours(row.vcg_mean, row.vcg_stderr)
+        if not row.vcg_consistent:
+            vcg += "*"
+            inconsistent = True
+        cells = [str(row.n), str(row.m), f"{vcg} ({_paper_text(row, 'vcg')})"]
+        for k in METHODS:
+            rec = row.runs.get(k)
+            ours = _ours(rec.mean, rec.stderr, bold=k == row.best_method) if rec else _MISSING
+            cells.append(f"{ours} ({_paper_text(row, k)})")
+        if row.best_method is None:
+            ours_imp = _MISSING
+        else:
+            ours_imp = f"{_pct(row.best_improvement)} [{_SHORT[row.best_method]}]"
+        paper_imp = _MISSING if row.paper is None else _pct(row.paper.best_improvement)
+        cells.append(f"{ours_imp} ({paper_imp})")
+        if spec.has_known_optimum:
+            ref = row.paper.known_optimum if row.paper is not None else None
+            opt = _ours(row.known_optimum, row.known_optimum_stderr) if row.known_optimum is not None else _MISSING
+            cells.append(f"{opt} ({_fmt(ref, 5)})")
+            cells.append(_fmt(row.optimality_ratio, 3))
+        cells.append(" / ".join(_duration(row.runs[k].runtime_seconds) if k in row.runs else _MISSING for k in METHODS))
+        lines.append("| " + " | ".join(cells) + " |")
+    records = [r for row in rows for r in row.runs.values()]
+    profiles = sorted({r.eval_profiles for r in records if r.eval_profiles is not None})
+    seeds = sorted({r.seed for r in records})
+    total = sum(r.runtime_seconds for r in records)
+    paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in METHODS)
+    imp_sign = (
+        "positive = more revenue than VCG" if spec.maximize
+        else "negative = shorter makespan than VCG, i.e. better, as the paper prints it"
+    )
+    notes = [
+        "",
+        f"* Best improvement: 100 · (best − VCG) / |VCG| with best = the {better} mean of the three methods "
+        f"({imp_sign}); our best method in brackets. N/A: VCG's mean is 0. —: no run.",
+        f"* Ours: {len(records)} run(s); evaluation on {', '.join(map(str, profiles)) or '?'} fresh profiles "
+        f"per run (paper: 10000); training seed(s) {', '.join(map(str, seeds)) or '—'}; "
+        f"total wall time {_duration(total) if records else _MISSING}.",
+        f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; runtime {paper_hours}.",
+    ]
+    if spec.has_known_optimum:
+        notes.append(
+            "* Known optimum: the optimal (Myerson) mechanism's revenue on our evaluation profiles (reference value "
+            "in parentheses, not from the paper); optimality ratio = our best mean / known optimum."
+        )
+    if inconsistent:
+        notes.append("* \\*: the runs of this cell evaluated VCG on different profiles; shown: the first method's.")
+    notes.append(
+        "* Source of the published figures: Curry, Thoma, Chakrabarti, McAleer, Kroer, Sandholm, He & Seuken, "
+        "*Automated Design of Affine Maximizer Mechanisms in Dynamic Settings*, AAAI-24 (see dmd_torch/data/README.md)."
+    )
+    return "\n".join(lines + notes) + "\n"
+
+
+def _num(x: float | int | None) -> str:
+    return "" if x is None else repr(x) if isinstance(x, float) else str(x)
+
+
+def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
+    """Table ``spec`` as CSV text: one row per cell, one column per quantity.
+
+    Columns: ``table, setting, objective, n, m``, ``vcg, vcg_stderr, vcg_paper``; per method
+    ``<method>, <method>_stderr, <method>_paper, <method>_improvement_pct, <method>_optimality_ratio,
+    <method>_runtime_seconds, <method>_steps, <method>_seed, <method>_run_dir``; then ``best_method,
+    best_improvement_pct, best_improvement_pct_paper, known_optimum, known_optimum_stderr,
+    known_optimum_reference, optimality_ratio``. Improvements use the paper's sign convention (see
+    the module docstring). Missing values are empty fields.
+    """
+    header = ["table", "setting", "objective", "n", "m", "vcg", "vcg_stderr", "vcg_paper"]
+    for k in METHODS:
+        header += [k, f"{k}_stderr", f"{k}_paper", f"{k}_improvement_pct", f"{k}_optimality_ratio",
+                   f"{k}_runtime_seconds", f"{k}_steps", f"{k}_seed", f"{k}_run_dir"]
+    header += ["best_method", "best_improvement_pct", "best_improvement_pct_paper", "known_optimum",
+               "known_optimum_stderr", "known_optimum_reference", "optimality_ratio"]
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(header)
+    for row in rows:
+        p = row.paper
+        line = [str(spec.number), spec.setting, spec.objective, str(row.n), str(row.m),
+                _num(row.vcg_mean), _num(row.vcg_stderr), p.text["vcg"] if p else ""]
+        for k in METHODS:
+            rec = row.runs.get(k)
+            if rec is None:
+                line += ["", "", p.text[k] if p else "", "", "", "", "", "", ""]
+                continue
+            line += [_num(rec.mean), _num(rec.stderr), p.text[k] if p else "",
+                     _num(improvement_pct(rec.mean, rec.vcg_mean)), _num(rec.optimality_ratio),
+                     _num(rec.runtime_seconds), _num(rec.steps), _num(rec.seed), str(rec.path.parent)]
+        line += [row.best_method or "", _num(row.best_improvement), _num(p.best_improvement) if p else "",
+                 _num(row.known_optimum), _num(row.known_optimum_stderr),
+                 _num(p.known_optimum) if p else "", _num(row.optimality_ratio)]
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+_COLORS = {"vcg": "0.6", "grid": "tab:purple", "zeroth_order": "tab:blue", "reg_lp": "tab:orange"}
+
+
+def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) -> Path:
+    """Writes a PNG of table ``spec``: per cell, our means of VCG and the three methods as bars
+    (with standard errors), the paper's published figures as black ticks, and the known optimum
+    (sales tables) as a red dotted line. The file is written whole (write then rename).
+
+    Returns:
+        The written path.
+    """
+    series = ("vcg", *METHODS)
+    width = 0.8 / len(series)
+    fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2.0), 4.6))
+    ax = fig.subplots()
+    for i, row in enumerate(rows):
+        for j, col in enumerate(series):
+            x = i - 0.4 + width * (j + 0.5)
+            if col == "vcg":
+                mean, se = row.vcg_mean, row.vcg_stderr
+            else:
+                rec = row.runs.get(col)
+                mean, se = (rec.mean, rec.stderr) if rec else (None, None)
+            if mean is not None:
+                ax.bar(x, mean, width * 0.92, yerr=se, color=_COLORS[col], capsize=2, ecolor="k")
+            if row.paper is not None:
+                ax.plot([x - width / 2, x + width / 2], [row.paper.values[col]] * 2, color="k", lw=2)
+        if not row.runs:
+            ax.annotate("no run", (i, 0), xytext=(0, 3), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=7, color="0.4")
+        ref = row.known_optimum if row.known_optimum is not None else (row.paper.known_optimum if row.paper else None)
+        if spec.has_known_optimum and ref is not None:
+            ax.plot([i - 0.45, i + 0.45], [ref, ref], color="tab:red", ls=":", lw=1.5)
+    ax.set_xticks(range(len(rows)), [f"n={r.n}\nm={r.m}" for r in rows])
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    better = "higher" if spec.maximize else "lower"
+    ax.set_ylabel(f"{spec.objective} ({better} is better)")
+    ax.set_title(f"Table {spec.number}: {spec.title}", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(color=_COLORS[c], label="VCG" if c == "vcg" else METHOD_LABELS[c]) for c in series]
+    handles.append(Line2D([], [], color="k", lw=2, label="paper"))
+    if spec.has_known_optimum:
+        handles.append(Line2D([], [], color="tab:red", ls=":", lw=1.5, label="known optimum"))
+    ax.legend(handles=handles, fontsize=8, ncol=len(handles), loc="upper center",
+              bbox_to_anchor=(0.5, -0.16), frameon=False)
+    fig.tight_layout()
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    return path
+
+
+def write_reports(
+    root: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    tables: Iterable[int] | None = None,
+) -> dict[int, list[Path]]:
+    """Collects the runs below ``root`` and writes ``table<k>.md``, ``.csv`` and ``.png`` into ``out``.
+
+    Args:
+        root: The directory holding the runs (searched recursively for ``results.json``).
+        out: Output directory; default ``root``.
+        tables: Table numbers to write; default every table with at least one run.
+
+    Returns:
+        The written files by table number (empty if no run belongs to any of the paper's tables).
+
+    Raises:
+        FileNotFoundError: If ``root`` is not a directory.
+        ValueError: On an unknown table number.
+    """
+    records = collect_results(root)
+    out = Path(root if out is None else out)
+    if tables is None:
+        wanted = sorted({_BY_SETTING[r.setting].number for r in records if r.setting in _BY_SETTING})
+    else:
+        wanted = sorted(set(tables))
+        unknown = [t for t in wanted if t not in TABLES]
+        if unknown:
+            raise ValueError(f"unknown table(s) {unknown}; allowed: {', '.join(map(str, TABLES))}")
+    ignored = sorted({r.setting for r in records if r.setting not in _BY_SETTING})
+    if ignored:
+        log.warning("ignoring runs of settings outside the paper's tables: %s", ", ".join(ignored))
+    paper = load_paper_tables()
+    written: dict[int, list[Path]] = {}
+    for number in wanted:
+        spec = TABLES[number]
+        rows = build_rows(spec, records, paper)
+        md, csv_path = out / f"table{number}.md", out / f"table{number}.csv"
+        with atomic_write(md) as tmp:
+            tmp.write_text(render_markdown(spec, rows), encoding="utf-8")
+        with atomic_write(csv_path) as tmp:
+            tmp.write_text(table_csv(spec, rows), encoding="utf-8")
+        png = plot_table(spec, rows, out / f"table{number}.png")
+        written[number] = [md, csv_path, png]
+    return written

@@ -1,0 +1,297 @@
+"""Tests of the outer methods (dmd_torch.methods): grid search, zeroth-order, regularized LP, multi-start."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from dmd_torch import AMA, make_env
+from dmd_torch.methods import (
+    METHODS,
+    GridSearch,
+    MultiStart,
+    OptimizerSpec,
+    RegularizedLP,
+    SchedulerSpec,
+    StepEvent,
+    ZerothOrder,
+    make_method,
+)
+from dmd_torch.methods.base import exact_score, free_parameters, initial_mechanism
+from dmd_torch.methods.grid import candidate_objectives, sobol_candidates
+from dmd_torch.methods.zeroth_order import (
+    bilevel_gradient,
+    direct_loss,
+    gaussian_smoothing_gradient,
+    perturbed_response_losses,
+    response_loss,
+)
+from dmd_torch.regularized import regularized_occupancy
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny tensors: one thread is fastest on a shared machine
+    yield
+    torch.set_num_threads(threads)
+
+
+def _heldout(setting, num=200, seed=123):
+    return setting.sample_types(num, torch.Generator().manual_seed(seed))
+
+
+SMALL = {
+    "sales_sym": lambda: make_env("seq_sales", n_agents=2, size=2),
+    "sales_asym": lambda: make_env("seq_sales", n_agents=3, size=2, distribution="asymmetric"),
+    "scheduling_asym": lambda: make_env("scheduling", n_agents=2, size=3, distribution="asymmetric"),
+    "gridworld": lambda: make_env("gridworld", n_agents=2, size=2),
+}
+
+
+# ------------------------------------------------------------------------------------- grid search
+@pytest.mark.parametrize("cell", sorted(SMALL))
+def test_candidate_objectives_match_ama_outcome(cell):
+    setting = SMALL[cell]()
+    ama = AMA(setting)
+    lw, b = sobol_candidates(ama, 5, seed=3)
+    if not setting.optimize_weights:
+        lw = torch.randn(5, setting.n_agents, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
+    types = _heldout(setting, 30)
+    batched = candidate_objectives(setting, lw, b, types)
+    for k in range(5):
+        single = AMA(setting, weights=lw[k].exp(), boosts=b[k]).outcome(types).objective
+        torch.testing.assert_close(batched[k], single, rtol=1e-10, atol=1e-10)
+
+
+def test_sobol_candidates_ranges_and_frozen_parameters():
+    sym = make_env("seq_sales", n_agents=3, size=2)
+    lw, b = sobol_candidates(AMA(sym), 64, seed=0)
+    assert b.abs().max() <= sym.boost_range and b.abs().max() > 0.8 * sym.boost_range
+    assert torch.equal(lw, torch.zeros_like(lw))  # weights are not optimized: stay at w = 1
+    lw2, b2 = sobol_candidates(AMA(sym), 64, seed=0)
+    assert torch.equal(b, b2)
+    assert not torch.equal(b, sobol_candidates(AMA(sym), 64, seed=1)[1])
+    asym = make_env("seq_sales", n_agents=3, size=2, distribution="asymmetric")
+    lw, _ = sobol_candidates(AMA(asym), 64, seed=0)
+    torch.testing.assert_close(lw.exp().sum(-1), torch.ones(64, dtype=torch.float64))
+    assert (lw.exp() > 0).all()
+
+
+@pytest.mark.parametrize("cell", ["sales_asym", "scheduling_asym"])
+def test_grid_returns_best_candidate_by_exact_score(cell):
+    setting = SMALL[cell]()
+    grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=20_000)
+    assert grid.batch_size(setting) < 24  # several batches
+    ama = AMA(setting)
+    events: list[StepEvent] = []
+    result = grid.run(ama, heldout=_heldout(setting), seed=5, callback=events.append)
+    types = grid.training_profiles(setting, seed=5)
+    scores = torch.tensor([AMA(setting, weights=lw.exp(), boosts=b).outcome(types).objective.mean() for _, lw, b in result.top])
+    sign = 1.0 if setting.maximize else -1.0
+    assert len(result.top) == 24
+    assert torch.all(sign * scores[:-1] >= sign * scores[1:] - 1e-12)  # sorted best first
+    torch.testing.assert_close(scores, torch.tensor([s for s, _, _ in result.top], dtype=torch.float64))
+    torch.testing.assert_close(ama.boosts.detach(), result.top[0][2])
+    torch.testing.assert_close(ama.log_weights.detach(), result.top[0][1])
+    assert sum(e.advance for e in events) == grid.total_work() == 24
+    assert result.heldout == pytest.approx(exact_score(ama, _heldout(setting)))
+
+
+# ------------------------------------------------------------------------------------- zeroth order
+def _regularized_response(alpha):
+    return lambda mdp, c: regularized_occupancy(mdp, c, alpha).detach()
+
+
+def test_gaussian_smoothing_of_regularized_response_matches_autograd():
+    """On the smooth (regularized) follower, the zeroth-order estimate matches autograd."""
+    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
+    gen = torch.Generator().manual_seed(0)
+    ama = AMA(setting, weights=torch.tensor([1.2, 0.8]), boosts=0.3 * torch.rand(*setting.mdp.shape, generator=gen, dtype=torch.float64))
+    alpha, sigma, J = 0.1, 0.01, 20_000
+    types = setting.sample_types(8, gen)
+    r = setting.rewards(types)
+    occ = _regularized_response(alpha)
+    params = free_parameters(ama)
+    # autograd of the best-response part -sw(nu_alpha(theta))
+    nu = regularized_occupancy(setting.mdp, ama.affine_rewards(r)[:, 0], alpha)
+    exact = torch.autograd.grad(response_loss(setting, types, r, nu).mean(), params)
+    exact = torch.cat([g.flatten() for g in exact])
+    n, (S, A) = setting.n_agents, setting.mdp.shape
+
+    def f(u):
+        return perturbed_response_losses(ama, types, r, u[:, :n], u[:, n:].reshape(-1, S, A), occ)
+
+    est, terms = gaussian_smoothing_gradient(f, n + S * A, J, sigma, torch.Generator().manual_seed(1), antithetic=True)
+    se = terms.std(0) / math.sqrt(J)
+    assert exact.abs().max() > 0.05  # a non-trivial gradient
+    assert ((est - exact).abs() <= 4 * se + 2e-3).all(), (est - exact, se)
+
+
+def test_bilevel_gradient_matches_autograd_of_regularized_revenue():
+    """Direct (envelope) part + zeroth-order response part == autograd of AMA.forward, on average."""
+    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
+    gen = torch.Generator().manual_seed(2)
+    ama = AMA(setting, weights=torch.tensor([0.9, 1.1]), boosts=0.3 * torch.rand(*setting.mdp.shape, generator=gen, dtype=torch.float64))
+    types = setting.sample_types(8, gen)
+    alpha = 0.1
+    loss = -ama(types, alpha=alpha).mean()
+    auto = torch.cat([g.flatten() for g in torch.autograd.grad(loss, free_parameters(ama))])
+    reps = 40
+    draws = []
+    for k in range(reps):
+        value, grads = bilevel_gradient(
+            ama, types, 500, 0.01, torch.Generator().manual_seed(10 + k),
+            occupancy_fn=_regularized_response(alpha), entropy_weight=alpha,
+        )
+        draws.append(torch.cat([g.flatten() for g in grads]))
+    draws = torch.stack(draws)
+    mean, se = draws.mean(0), draws.std(0) / math.sqrt(reps)
+    assert value == pytest.approx(float(loss.detach()), rel=1e-9)
+    assert ((mean - auto).abs() <= 4 * se + 2e-3).all(), (mean - auto, se)
+
+
+def test_direct_loss_is_envelope_gradient_and_zero_for_makespan():
+    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
+    ama = AMA(setting)
+    types = _heldout(setting, 10)
+    r = setting.rewards(types)
+    from dmd_torch.methods.zeroth_order import exact_occupancy
+
+    nu = exact_occupancy(setting.mdp, ama.affine_rewards(r))
+    out = ama.outcome(types)
+    # direct part + response part = -revenue at the exact solution
+    total = direct_loss(ama, r, nu) + response_loss(setting, types, r, nu[:, 0]).mean()
+    assert float(total) == pytest.approx(-float(out.revenue.mean()), rel=1e-10)
+    sched = make_env("scheduling", n_agents=2, size=2)
+    a2 = AMA(sched)
+    t2 = _heldout(sched, 5)
+    assert float(direct_loss(a2, sched.rewards(t2), None)) == 0.0
+
+
+def test_bilevel_gradient_perturbs_only_free_parameters():
+    setting = make_env("seq_sales", n_agents=2, size=2)  # weights frozen
+    ama = AMA(setting)
+    _, grads = bilevel_gradient(ama, _heldout(setting, 10), 5, 0.05, torch.Generator().manual_seed(0))
+    assert len(grads) == 1 and grads[0].shape == ama.boosts.shape
+
+
+# ------------------------------------------------------------------------------------- gradient methods
+@pytest.mark.parametrize(
+    "method",
+    [
+        RegularizedLP(steps=30, eval_every=10, optimizer={"name": "Adam", "lr": 0.05}),
+        ZerothOrder(steps=30, eval_every=10, optimizer={"name": "SGD", "lr": 0.1}),
+    ],
+    ids=["reg_lp", "zeroth_order"],
+)
+def test_gradient_methods_improve_on_their_start(method):
+    setting = make_env("seq_sales", n_agents=3, size=2)
+    held = _heldout(setting, 400)
+    ama = AMA(setting)
+    events: list[StepEvent] = []
+    result = method.run(ama, heldout=held, seed=0, callback=events.append)
+    assert result.steps == 30 and [h["step"] for h in result.history] == [0, 10, 20, 30]
+    assert result.heldout == max(h["heldout"] for h in result.history)
+    assert result.heldout > result.history[0]["heldout"] + 0.05
+    assert result.heldout == pytest.approx(exact_score(ama, held))  # ama holds the best parameters
+    assert torch.equal(ama.log_weights.detach(), torch.zeros(3, dtype=torch.float64))  # frozen: w = 1
+    assert not ama.log_weights.requires_grad and ama.boosts.requires_grad
+    assert sum(e.advance for e in events) == method.total_work()
+    train = [e for e in events if e.phase == "train"]
+    assert len(train) == 30 and all(math.isfinite(e.grad_norm) for e in train)
+
+
+def test_makespan_is_minimized_and_weights_move_when_free():
+    setting = make_env("scheduling", n_agents=2, size=3, distribution="asymmetric")
+    held = _heldout(setting, 200)
+    ama = AMA(setting)
+    result = ZerothOrder(steps=6, eval_every=3, profiles_per_step=10).run(ama, heldout=held, seed=1)
+    assert result.heldout == min(h["heldout"] for h in result.history)
+    assert ama.log_weights.requires_grad and result.steps == 6
+
+
+def test_initial_mechanism_is_w1_b_uniform():
+    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
+    ama = AMA(setting, weights=torch.tensor([2.0, 3.0]))
+    initial_mechanism(ama, "uniform", torch.Generator().manual_seed(0))
+    assert torch.equal(ama.weights.detach(), torch.ones(2, dtype=torch.float64))
+    assert (ama.boosts >= 0).all() and (ama.boosts < 1).all() and ama.boosts.std() > 0.1
+    initial_mechanism(ama, "vcg", torch.Generator())
+    assert torch.equal(ama.boosts.detach(), torch.zeros_like(ama.boosts))
+
+
+def test_multistart_from_grid_keeps_best_start():
+    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
+    held = _heldout(setting, 200)
+    method = RegularizedLP(
+        steps=4, eval_every=2, multistart={"starts": 3, "grid_points": 16, "grid_profiles": 50},
+        scheduler={"name": "StepLR", "kwargs": {"step_size": 2, "gamma": 0.5}},
+    )
+    ama = AMA(setting)
+    result = method.run(ama, heldout=held, seed=0)
+    assert {h["start"] for h in result.history} == {0, 1, 2}
+    assert result.steps == 12 and result.candidates == 16
+    best = max(result.history, key=lambda h: h["heldout"])
+    assert result.best_start == best["start"] and result.heldout == best["heldout"]
+    assert result.heldout == pytest.approx(exact_score(ama, held))
+    assert method.total_work() == 16 + 3 * 4
+
+
+def test_random_multistart_and_cvxpylayers_backend():
+    setting = make_env("seq_sales", n_agents=2, size=2)
+    held = _heldout(setting, 100)
+    method = RegularizedLP(steps=1, eval_every=1, profiles_per_step=2, backend="cvxpylayers", multistart={"starts": 2})
+    result = method.run(AMA(setting), heldout=held, seed=0)
+    assert result.steps == 2 and {h["start"] for h in result.history} == {0, 1}
+
+
+# ------------------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("reg_lp", {"optimizer": {"name": "SGD", "lr": -0.1}}, "lr"),
+        ("reg_lp", {"alpha": -0.01}, "alpha"),
+        ("reg_lp", {"alpha": 0}, "alpha"),
+        ("reg_lp", {"profiles_per_step": 0}, "profiles_per_step"),
+        ("reg_lp", {"backend": "mosek"}, "allowed: auto, tree, newton, cvxpylayers"),
+        ("reg_lp", {"optimizer": {"name": "Adamm"}}, "allowed: .*Adam"),
+        ("reg_lp", {"optimizer": {"name": "SGD", "kwargs": {"betas": [0.9, 0.9]}}}, "optimizer SGD"),
+        ("reg_lp", {"scheduler": {"name": "Nope"}}, "lr scheduler"),
+        ("reg_lp", {"init": "zeros"}, "allowed: uniform, vcg"),
+        ("reg_lp", {"stepz": 3}, "allowed: "),
+        ("reg_lp", {"multistart": {"starts": 0}}, "starts"),
+        ("zeroth_order", {"sigma": 0.0}, "sigma"),
+        ("zeroth_order", {"num_perturbations": 0}, "num_perturbations"),
+        ("grid", {"profiles": 0}, "profiles"),
+        ("grid", {"num_points": -5}, "num_points"),
+        ("sgd", {}, "allowed: grid, zeroth_order, reg_lp"),
+    ],
+)
+def test_bad_input_raises_one_line_value_error(name, kwargs, match):
+    with pytest.raises(ValueError, match=match) as info:
+        make_method(name, **kwargs)
+    assert "\n" not in str(info.value)
+
+
+def test_tree_backend_on_gridworld_is_rejected_before_work():
+    setting = make_env("gridworld", n_agents=2, size=2)
+    method = RegularizedLP(backend="tree")
+    with pytest.raises(ValueError, match="tree.*allowed here: auto, newton, cvxpylayers"):
+        method.check_setting(setting)
+    with pytest.raises(ValueError, match="tree"):
+        method.run(AMA(setting), heldout=_heldout(setting, 10), callback=lambda e: pytest.fail("work started"))
+
+
+def test_registry_and_specs():
+    assert set(METHODS) == {"grid", "zeroth_order", "reg_lp"}
+    assert isinstance(RegularizedLP().optimizer, OptimizerSpec)
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    assert SchedulerSpec().build(opt, 10) is None
+    assert SchedulerSpec("CosineAnnealingLR").build(opt, 123).T_max == 123  # length defaults to the steps
+    assert SchedulerSpec("CosineAnnealingLR", {"T_max": 7}).build(opt, 123).T_max == 7
+    assert MultiStart().grid is None
+    assert ZerothOrder().num_perturbations == 20 and ZerothOrder().sigma == 0.05
+    assert RegularizedLP().alpha == 0.01
