@@ -41,7 +41,7 @@ def _restore_threads():
 
 def test_config_groups_are_complete():
     assert ENVS == ["gridworld", "scheduling", "scheduling_asym", "seq_sales", "seq_sales_asym"]
-    assert METHODS == ["grid", "reg_lp", "zeroth_order"]
+    assert METHODS == ["grid", "reg_lp", "reg_lp_tuned", "zeroth_order"]
 
 
 @pytest.mark.parametrize("env", ENVS)
@@ -51,7 +51,7 @@ def test_every_config_composes_and_instantiates(env, method):
     setting = setting_from_config(cfg.env)
     m = method_from_config(cfg.method)
     m.check_setting(setting)
-    assert m.name == method and setting.name == cfg.env.name
+    assert m.name == method.removesuffix("_tuned") and setting.name == cfg.env.name
     assert reference_key(setting) in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld"}
 
 
@@ -59,7 +59,9 @@ def test_defaults_carry_the_paper_hyperparameters():
     cfg = _compose([])
     assert cfg.env.name == "seq_sales" and cfg.method.name == "reg_lp" and cfg.eval.profiles == 10_000
     reg = _compose(["method=reg_lp"]).method
-    assert reg.profiles_per_step == 20 and reg.backend == "auto"  # alpha and lr are tuned (see the yaml)
+    assert (reg.alpha, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.01, 20, 0.01, "auto")
+    tuned = _compose(["method=reg_lp_tuned"]).method
+    assert (tuned.name, tuned.alpha, tuned.optimizer.lr, tuned.profiles_per_step) == ("reg_lp", 0.03, 0.03, 20)
     zo = _compose(["method=zeroth_order"]).method
     assert (zo.num_perturbations, zo.sigma, zo.profiles_per_step, zo.optimizer.lr) == (20, 0.05, 20, 0.1)
     grid = _compose(["method=grid"]).method
