@@ -14,6 +14,16 @@ from dmd_torch.storage import load_mechanism, write_json
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="evaluate")
 def main(cfg: DictConfig) -> None:
+    try:
+        _evaluate(cfg)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def _evaluate(cfg: DictConfig) -> None:
+    for key in ("profiles", "audit_profiles"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 2:
+            raise ValueError(f"{key} must be an integer >= 2, got {cfg[key]!r}")
     path = Path(hydra.utils.to_absolute_path(cfg.mechanism))
     ama = load_mechanism(path)
     result = evaluate(ama, profiles=cfg.profiles, seed=cfg.seed).to_dict()

@@ -186,3 +186,11 @@ def test_finished_run_is_skipped_unless_forced(tmp_path, capsys):
     _run(tmp_path, [*overrides, "force=true"])
     assert json.loads((out / "results.json").read_text())["steps"] == 4
     assert len(list(out.glob("events.out.tfevents.*"))) == 2  # this run's (scalars + hparams) only
+
+
+def test_train_script_bad_input_is_one_line(tmp_path):
+    cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "method.alpha=-0.5", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "error: alpha must be a finite number > 0, got -0.5"
+    assert not (tmp_path / "run" / "results.json").exists()
