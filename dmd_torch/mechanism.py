@@ -29,7 +29,7 @@ from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
 from dmd_torch.regularized import regularized_occupancy
 
-__all__ = ["AMA", "Outcome"]
+__all__ = ["AMA", "Outcome", "affine_rewards", "values_and_payments"]
 
 
 @dataclass
@@ -64,6 +64,51 @@ class Outcome:
     def objective(self) -> torch.Tensor:
         """The leader's objective per profile: revenue, or the setting's loss."""
         return self.revenue if self.loss is None else self.loss
+
+
+def affine_rewards(
+    r: torch.Tensor, weights: torch.Tensor, boosts: torch.Tensor, without: bool = True
+) -> torch.Tensor:
+    """Rewards of the follower problems: ``sum_i w_i r_i + b`` and, for ``asw^(-i)``, without ``i``.
+
+    All arguments broadcast over leading dimensions (e.g. candidates x profiles).
+
+    Args:
+        r: Agent rewards ``[..., n, S, A]``.
+        weights: ``w`` ``[..., n]``.
+        boosts: ``b`` ``[..., S, A]``.
+        without: Also return the ``n`` problems without each agent.
+
+    Returns:
+        ``[..., n + 1, S, A]`` (index 0 the full problem, ``1 + i`` without agent ``i``), or
+        ``[..., S, A]`` (the full problem only) when ``without`` is false.
+    """
+    wr = weights[..., None, None] * r
+    total = wr.sum(-3) + boosts
+    if not without:
+        return total
+    return torch.cat([total.unsqueeze(-3), total.unsqueeze(-3) - wr], dim=-3)
+
+
+def values_and_payments(
+    r: torch.Tensor, nu: torch.Tensor, weights: torch.Tensor, asw: torch.Tensor, asw_without: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Agents' values ``V_i = <r_i, nu>`` and payments ``p_i = (asw^(-i) - (asw - w_i V_i)) / w_i``.
+
+    Definition 3.1 of the paper; all arguments broadcast over leading dimensions.
+
+    Args:
+        r: Rewards ``[..., n, S, A]``.
+        nu: Occupancy of the chosen policy ``[..., S, A]``.
+        weights: ``w`` ``[..., n]``.
+        asw: Optimal affine welfare ``[...]``.
+        asw_without: Optimal affine welfare without each agent ``[..., n]``.
+
+    Returns:
+        ``V`` and ``p``, each ``[..., n]``.
+    """
+    V = (r * nu.unsqueeze(-3)).sum((-2, -1))
+    return V, (asw_without - (asw.unsqueeze(-1) - weights * V)) / weights
 
 
 class AMA(nn.Module):
@@ -123,9 +168,7 @@ class AMA(nn.Module):
 
         Index 0 is ``sum_i w_i r_i + b``; index ``1 + i`` drops agent ``i``'s term (``asw^(-i)``).
         """
-        wr = self.weights.to(r)[None, :, None, None] * r
-        total = wr.sum(1) + self.boosts.to(r)
-        return torch.cat([total.unsqueeze(1), total.unsqueeze(1) - wr], dim=1)
+        return affine_rewards(r, self.weights.to(r), self.boosts.to(r))
 
     def outcome(self, types: torch.Tensor) -> Outcome:
         """Exact outcome (policy, values, payments, revenue, welfare, loss) for reported types ``[B, n, K]``."""
@@ -137,10 +180,8 @@ class AMA(nn.Module):
             if not torch.isfinite(sol.value).all():  # NaN/inf rewards propagate into the values
                 raise ValueError(f"setting {setting.name!r} produced NaN or inf rewards for finite types")
             nu = sol.occupancy[:, 0]
-            w = self.weights.detach()
-            V = (r * nu.unsqueeze(1)).sum((-2, -1))
             asw, asw_without = sol.value[:, 0], sol.value[:, 1:]
-            payments = (asw_without - (asw.unsqueeze(-1) - w * V)) / w
+            V, payments = values_and_payments(r, nu, self.weights.detach(), asw, asw_without)
             loss = None if setting.maximize else (setting.loss_vector(types) * nu).sum((-2, -1))
         return Outcome(
             policy=sol.policy[:, 0],

@@ -43,7 +43,6 @@ __all__ = [
     "snapshot",
     "restore",
     "exact_score",
-    "batched_affine_rewards",
     "stream_seed",
     "check_int",
     "check_float",
@@ -326,25 +325,3 @@ def restore(ama: AMA, state: tuple[torch.Tensor, torch.Tensor]) -> None:
 def exact_score(ama: AMA, types: torch.Tensor) -> float:
     """Exact (unregularized) mean objective of ``ama`` on ``types`` (paper, section 5)."""
     return float(objective_values(ama, types).mean())
-
-
-def batched_affine_rewards(
-    r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor, without: bool = True
-) -> torch.Tensor:
-    """Follower rewards of ``C`` candidate mechanisms on ``P`` profiles at once.
-
-    Args:
-        r: Agent rewards ``[P, n, S, A]``.
-        log_weights: Candidates' ``log w`` ``[C, n]``.
-        boosts: Candidates' boosts ``[C, S, A]``.
-        without: Also return the problems without each agent (for ``asw^(-i)``).
-
-    Returns:
-        ``[C, P, n + 1, S, A]`` as in :meth:`AMA.affine_rewards` (index 0 the full problem), or
-        ``[C, P, S, A]`` (the full problem only) when ``without`` is false.
-    """
-    wr = log_weights.exp()[:, None, :, None, None] * r.unsqueeze(0)  # [C, P, n, S, A]
-    total = wr.sum(2) + boosts.unsqueeze(1)
-    if not without:
-        return total
-    return torch.cat([total.unsqueeze(2), total.unsqueeze(2) - wr], dim=2)

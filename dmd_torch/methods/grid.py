@@ -20,13 +20,12 @@ from torch.quasirandom import SobolEngine
 
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
-from dmd_torch.mechanism import AMA
+from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
 from dmd_torch.methods.base import (
     Callback,
     Method,
     MethodResult,
     StepEvent,
-    batched_affine_rewards,
     check_int,
     exact_score,
     restore,
@@ -73,8 +72,8 @@ def candidate_objectives(
 ) -> torch.Tensor:
     """Exact objective of ``C`` candidate AMAs on ``P`` profiles in one batched solve, ``[C, P]``.
 
-    Same formulas as :meth:`AMA.outcome` (revenue ``sum_i p_i`` with
-    ``p_i = (asw^(-i) - (asw - w_i V_i)) / w_i``, or the loss ``<q, nu>``).
+    Same formulas as :meth:`AMA.outcome` (revenue ``sum_i p_i`` with the payments of
+    :func:`~dmd_torch.mechanism.values_and_payments`, or the loss ``<q, nu>``).
 
     Args:
         setting: The setting.
@@ -86,16 +85,15 @@ def candidate_objectives(
     r = setting.rewards(types) if r is None else r
     with torch.no_grad():
         if not setting.maximize:
-            c = batched_affine_rewards(r, log_weights, boosts, without=False)
+            c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
             nu = solve_exact(setting.mdp, c).occupancy  # [C, P, S, A]
             return (setting.loss_vector(types).unsqueeze(0) * nu).sum((-2, -1))
-        c = batched_affine_rewards(r, log_weights, boosts)
+        c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])  # [C, P, n+1, S, A]
         sol = solve_exact(setting.mdp, c)
         nu = sol.occupancy[:, :, 0]  # [C, P, S, A]
         w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
-        V = (r.unsqueeze(0) * nu.unsqueeze(2)).sum((-2, -1))  # [C, P, n]
-        asw, asw_without = sol.value[:, :, :1], sol.value[:, :, 1:]
-        return ((asw_without - (asw - w * V)) / w).sum(-1)
+        _, payments = values_and_payments(r, nu, w, sol.value[:, :, 0], sol.value[:, :, 1:])
+        return payments.sum(-1)
 
 
 def score_candidates(

@@ -33,8 +33,8 @@ import torch
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
 from dmd_torch.mdp import TabularMDP
-from dmd_torch.mechanism import AMA
-from dmd_torch.methods.base import batched_affine_rewards, check_float, check_int, free_parameters
+from dmd_torch.mechanism import AMA, affine_rewards
+from dmd_torch.methods.base import check_float, check_int, free_parameters
 from dmd_torch.methods.gradient import GradientMethod
 
 __all__ = [
@@ -119,7 +119,7 @@ def perturbed_response_losses(
     with torch.no_grad():
         lw = ama.log_weights.detach().unsqueeze(0) + delta_log_weights
         b = ama.boosts.detach().unsqueeze(0) + delta_boosts
-        c = batched_affine_rewards(r, lw, b, without=False)  # [J, P, S, A]
+        c = affine_rewards(r.unsqueeze(0), lw.exp()[:, None], b[:, None], without=False)  # [J, P, S, A]
         nu = occupancy_fn(ama.setting.mdp, c)
         return response_loss(ama.setting, types, r, nu).mean(-1)
 
