@@ -33,7 +33,7 @@ __all__ = [
 ]
 
 #: Profiles solved per batched call (bounds memory; each profile has n + 1 follower problems).
-CHUNK = 5000
+CHUNK = 1000
 
 
 @dataclass
