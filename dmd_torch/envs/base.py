@@ -17,11 +17,7 @@ import torch
 
 from dmd_torch.mdp import TabularMDP
 
-__all__ = ["Setting", "OBJECTIVES", "check_positive_int", "history_tree_mdp", "uniform"]
-
-#: Leader objectives: ``revenue`` is maximized, any other (linear-in-occupancy) loss is minimized.
-OBJECTIVES = ("revenue", "makespan")
-
+__all__ = ["Setting", "check_positive_int", "history_tree_mdp", "uniform"]
 
 def check_positive_int(name: str, value: Any) -> int:
     """Returns ``value`` as an int, or raises a one-line error if it is not an integer >= 1."""
@@ -83,12 +79,6 @@ class Setting(ABC):
     def maximize(self) -> bool:
         """True when the leader's objective is maximized (revenue), False when it is a loss."""
         return self.objective == "revenue"
-
-    def remove_agent(self, r: torch.Tensor, i: int) -> torch.Tensor:
-        """Rewards with agent ``i``'s rewards set to zero (for ``asw^(-i)``)."""
-        out = r.clone()
-        out[:, i] = 0.0
-        return out
 
     def check_types(self, types: torch.Tensor) -> torch.Tensor:
         """Validates a type tensor ``[B, n, K]``: shape and finiteness."""
