@@ -41,7 +41,8 @@ from dmd_torch.envs import Setting, make_env  # noqa: E402
 from dmd_torch.evaluation import EvaluationResult, evaluate  # noqa: E402
 from dmd_torch.mechanism import AMA  # noqa: E402
 from dmd_torch.methods import Method, MethodResult, StepEvent, make_method  # noqa: E402
-from dmd_torch.methods.base import check_int, stream_seed  # noqa: E402
+from dmd_torch.checks import check_int  # noqa: E402
+from dmd_torch.methods.base import stream_seed  # noqa: E402
 from dmd_torch.report import is_complete  # noqa: E402
 from dmd_torch.storage import atomic_write, save_mechanism, write_json  # noqa: E402
 

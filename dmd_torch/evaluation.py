@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from dmd_torch.envs import SequentialSales, Setting
-from dmd_torch.envs.base import check_positive_int
+from dmd_torch.checks import check_int
 from dmd_torch.mechanism import AMA
 
 __all__ = [
@@ -119,9 +119,7 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int = CHUNK
         seed: Seed of the profile sampler.
         chunk: Profiles per batched solve.
     """
-    check_positive_int("profiles", profiles)
-    if profiles < 2:
-        raise ValueError(f"profiles must be >= 2 for a standard error, got {profiles}")
+    check_int("profiles", profiles, minimum=2)  # two for a standard error
     ama.check_parameters()
     setting = ama.setting
     gen = torch.Generator().manual_seed(int(seed))

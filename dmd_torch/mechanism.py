@@ -18,13 +18,13 @@ the paper's first-order method (section 4, "Regularized linear program").
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from dmd_torch.checks import check_float
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
 from dmd_torch.regularized import regularized_occupancy
@@ -219,8 +219,7 @@ class AMA(nn.Module):
             backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``.
             **solver_options: Passed to the backend.
         """
-        if isinstance(alpha, bool) or not (isinstance(alpha, (int, float)) and math.isfinite(alpha) and alpha > 0):
-            raise ValueError(f"alpha must be a finite number > 0, got {alpha!r}")
+        check_float("alpha", alpha)
         self.check_parameters()
         setting = self.setting
         mdp = setting.mdp

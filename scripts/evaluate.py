@@ -8,6 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
+from dmd_torch.checks import check_int
 from dmd_torch.evaluation import evaluate, ic_audit
 from dmd_torch.storage import load_mechanism, write_json
 
@@ -22,8 +23,7 @@ def main(cfg: DictConfig) -> None:
 
 def _evaluate(cfg: DictConfig) -> None:
     for key in ("profiles", "audit_profiles"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], int) or cfg[key] < 2:
-            raise ValueError(f"{key} must be an integer >= 2, got {cfg[key]!r}")
+        check_int(key, cfg[key], minimum=2)
     path = Path(hydra.utils.to_absolute_path(cfg.mechanism))
     ama = load_mechanism(path)
     result = evaluate(ama, profiles=cfg.profiles, seed=cfg.seed).to_dict()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from dmd_torch.envs.base import Setting, check_positive_int
+from dmd_torch.checks import check_int
+from dmd_torch.envs.base import Setting
 from dmd_torch.envs.gridworld import GRIDWORLD_DISTRIBUTIONS, Gridworld
 from dmd_torch.envs.sales import SALES_DISTRIBUTIONS, SequentialSales
 from dmd_torch.envs.scheduling import SCHEDULING_DISTRIBUTIONS, TaskScheduling
@@ -37,8 +38,8 @@ def make_env(
     if name not in ENVS:
         raise ValueError(f"unknown setting {name!r}; allowed: {', '.join(ENVS)}")
     cls, dists = ENVS[name]
-    check_positive_int("n_agents", n_agents)
-    check_positive_int("size", size)
+    check_int("n_agents", n_agents)
+    check_int("size", size)
     distribution = dists[0] if distribution is None else distribution
     if distribution not in dists:
         raise ValueError(f"unknown distribution {distribution!r} for {name}; allowed: {', '.join(dists)}")

@@ -17,14 +17,7 @@ import torch
 
 from dmd_torch.mdp import TabularMDP
 
-__all__ = ["Setting", "check_positive_int", "history_tree_mdp", "uniform"]
-
-def check_positive_int(name: str, value: Any) -> int:
-    """Returns ``value`` as an int, or raises a one-line error if it is not an integer >= 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-    return value
-
+__all__ = ["Setting", "history_tree_mdp", "uniform"]
 
 class Setting(ABC):
     """Base class of a dynamic mechanism-design setting.

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from dmd_torch.envs.base import Setting, check_positive_int, uniform
+from dmd_torch.checks import check_int
+from dmd_torch.envs.base import Setting, uniform
 from dmd_torch.mdp import TabularMDP
 
 __all__ = ["Gridworld", "GRIDWORLD_DISTRIBUTIONS", "MOVES"]
@@ -38,8 +39,8 @@ class Gridworld(Setting):
     def __init__(
         self, n_agents: int = 2, size: int = 3, distribution: str = "one_cell", gamma: float = 0.9
     ) -> None:
-        self.n_agents = check_positive_int("n_agents", n_agents)
-        self.size = check_positive_int("size", size)
+        self.n_agents = check_int("n_agents", n_agents)
+        self.size = check_int("size", size)
         if size < 2:
             raise ValueError(f"gridworld size must be >= 2 (a goal cell other than the start), got {size}")
         if distribution not in GRIDWORLD_DISTRIBUTIONS:
@@ -69,7 +70,7 @@ class Gridworld(Setting):
         return torch.zeros_like(high), high
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        num = check_positive_int("num", num)
+        num = check_int("num", num)
         cells = self.type_dim
         if self.distribution == "uniform":
             types = uniform((num, self.n_agents, cells), torch.tensor(1.0, dtype=torch.float64), generator)

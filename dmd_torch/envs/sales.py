@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from dmd_torch.envs.base import Setting, check_positive_int, history_tree_mdp, uniform
+from dmd_torch.checks import check_int
+from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 
 __all__ = ["SequentialSales", "SALES_DISTRIBUTIONS"]
 
@@ -30,8 +31,8 @@ class SequentialSales(Setting):
     objective = "revenue"
 
     def __init__(self, n_agents: int = 2, size: int = 2, distribution: str = "symmetric") -> None:
-        self.n_agents = check_positive_int("n_agents", n_agents)
-        self.size = check_positive_int("size", size)
+        self.n_agents = check_int("n_agents", n_agents)
+        self.size = check_int("size", size)
         if distribution not in SALES_DISTRIBUTIONS:
             raise ValueError(f"unknown distribution {distribution!r} for seq_sales; allowed: {', '.join(SALES_DISTRIBUTIONS)}")
         self.distribution = distribution
@@ -57,7 +58,7 @@ class SequentialSales(Setting):
         return torch.zeros(self.n_agents, 1, dtype=torch.float64), self._top.unsqueeze(-1).clone()
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return uniform((check_positive_int("num", num), self.n_agents, 1), self._top.unsqueeze(-1), generator)
+        return uniform((check_int("num", num), self.n_agents, 1), self._top.unsqueeze(-1), generator)
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
         self.check_types(types)

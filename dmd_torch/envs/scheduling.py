@@ -12,11 +12,10 @@ state-action pair, so it is linear in the occupancy measure.
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
-from dmd_torch.envs.base import Setting, check_positive_int, history_tree_mdp, uniform
+from dmd_torch.checks import check_int
+from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 
 __all__ = ["TaskScheduling", "SCHEDULING_DISTRIBUTIONS", "queue_makespan"]
 
@@ -64,8 +63,8 @@ class TaskScheduling(Setting):
     def __init__(
         self, n_agents: int = 2, size: int = 4, distribution: str = "symmetric", clamped: bool = False
     ) -> None:
-        self.n_agents = check_positive_int("n_agents", n_agents)
-        self.size = check_positive_int("size", size)
+        self.n_agents = check_int("n_agents", n_agents)
+        self.size = check_int("size", size)
         if distribution not in SCHEDULING_DISTRIBUTIONS:
             raise ValueError(
                 f"unknown distribution {distribution!r} for scheduling; allowed: {', '.join(SCHEDULING_DISTRIBUTIONS)}"
@@ -96,7 +95,7 @@ class TaskScheduling(Setting):
         return torch.zeros_like(high), high
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = (check_positive_int("num", num), self.n_agents, self.size)
+        shape = (check_int("num", num), self.n_agents, self.size)
         return uniform(shape, self._top[:, None], generator)
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:

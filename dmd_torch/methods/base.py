@@ -15,7 +15,6 @@ validation of optimizer and learning-rate-schedule specifications (``torch.optim
 from __future__ import annotations
 
 import inspect
-import math
 import zlib
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
@@ -25,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from dmd_torch.checks import check_choice, check_float
 from dmd_torch.envs.base import Setting
 from dmd_torch.evaluation import objective_values
 from dmd_torch.mechanism import AMA
@@ -44,39 +44,10 @@ __all__ = [
     "restore",
     "exact_score",
     "stream_seed",
-    "check_int",
-    "check_float",
-    "check_choice",
 ]
 
 #: Initial mechanisms of the gradient methods: ``uniform`` is the spec's ``w = 1, b ~ U[0, 1]``.
 INITS = ("uniform", "vcg")
-
-
-# --------------------------------------------------------------------------- validation helpers
-def check_int(name: str, value: Any, minimum: int = 1) -> int:
-    """Returns ``value`` if it is an integer ``>= minimum``, else raises a one-line ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def check_float(name: str, value: Any, positive: bool = True, allow_zero: bool = False) -> float:
-    """Returns ``value`` as a float if it is finite and ``> 0`` (or ``>= 0``), else raises ``ValueError``."""
-    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-    if ok and positive:
-        ok = value >= 0 if allow_zero else value > 0
-    if not ok:
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"{name} must be a finite number{' ' + bound if positive else ''}, got {value!r}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
-    """Returns ``value`` if it is one of ``allowed``, else raises a one-line ``ValueError``."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
-    return value
 
 
 def stream_seed(seed: int, stream: str) -> int:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from dmd_torch.mechanism import AMA
+from dmd_torch.checks import check_choice, check_int
 from dmd_torch.methods.base import (
     INITS,
     Callback,
@@ -28,8 +29,6 @@ from dmd_torch.methods.base import (
     SchedulerSpec,
     StepEvent,
     as_spec,
-    check_choice,
-    check_int,
     exact_score,
     free_parameters,
     restore,

@@ -21,12 +21,12 @@ from torch.quasirandom import SobolEngine
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
 from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
+from dmd_torch.checks import check_int
 from dmd_torch.methods.base import (
     Callback,
     Method,
     MethodResult,
     StepEvent,
-    check_int,
     exact_score,
     restore,
     stream_seed,

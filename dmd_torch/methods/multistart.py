@@ -16,7 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from dmd_torch.mechanism import AMA
-from dmd_torch.methods.base import Callback, check_int, initial_mechanism, restore, snapshot, stream_seed
+from dmd_torch.checks import check_int
+from dmd_torch.methods.base import Callback, initial_mechanism, restore, snapshot, stream_seed
 from dmd_torch.methods.grid import GridSearch
 
 __all__ = ["MultiStart"]

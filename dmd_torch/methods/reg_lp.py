@@ -19,7 +19,7 @@ import torch
 
 from dmd_torch.envs.base import Setting
 from dmd_torch.mechanism import AMA
-from dmd_torch.methods.base import check_choice, check_float
+from dmd_torch.checks import check_choice, check_float
 from dmd_torch.methods.gradient import GradientMethod
 from dmd_torch.regularized import BACKENDS, regularized_occupancy, tree_applicable
 

@@ -34,7 +34,8 @@ from dmd_torch.envs.base import Setting
 from dmd_torch.exact import solve_exact
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.mechanism import AMA, affine_rewards
-from dmd_torch.methods.base import check_float, check_int, free_parameters
+from dmd_torch.checks import check_float, check_int
+from dmd_torch.methods.base import free_parameters
 from dmd_torch.methods.gradient import GradientMethod
 
 __all__ = [

@@ -1,0 +1,33 @@
+"""Input validation shared across the library: one-line ``ValueError``s naming the value and what is allowed."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["check_int", "check_float", "check_choice"]
+
+
+def check_int(name: str, value: Any, minimum: int = 1) -> int:
+    """Returns ``value`` if it is an integer ``>= minimum``, else raises a one-line ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def check_float(name: str, value: Any, positive: bool = True, allow_zero: bool = False) -> float:
+    """Returns ``value`` as a float if it is finite and ``> 0`` (or ``>= 0``), else raises ``ValueError``."""
+    ok = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+    if ok and positive:
+        ok = value >= 0 if allow_zero else value > 0
+    if not ok:
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be a finite number{' ' + bound if positive else ''}, got {value!r}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
+    """Returns ``value`` if it is one of ``allowed``, else raises a one-line ``ValueError``."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
+    return value
