@@ -47,14 +47,14 @@ class ExactSolution:
         values: Optimal state values ``V[B, S]``.
         q: Optimal state-action values ``Q[B, S, A]``.
         policy: Deterministic optimal policy ``[B, S]`` (action indices).
-        occupancy: Its state-action occupancy measure ``nu[B, S, A]``.
+        occupancy: Its state-action occupancy measure ``nu[B, S, A]`` (``None`` if not requested).
     """
 
     value: torch.Tensor
     values: torch.Tensor
     q: torch.Tensor
     policy: torch.Tensor
-    occupancy: torch.Tensor
+    occupancy: torch.Tensor | None
 
 
 def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,15 +136,19 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
     return out
 
 
-def backward_induction(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL) -> ExactSolution:
+def backward_induction(
+    mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL, occupancy: bool = True
+) -> ExactSolution:
     """Exact solution of an acyclic MDP by backward induction over height levels.
 
-    ``Q(s, a) = c(s, a) + gamma * sum_s' P(s'|s,a) V(s')``, ``V(s) = max_a Q(s, a)``.
+    ``Q(s, a) = c(s, a) + gamma * sum_s' P(s'|s,a) V(s')``, ``V(s) = max_a Q(s, a)``, one vectorized
+    step per level of :attr:`TabularMDP.level_plan`.
 
     Args:
         mdp: An acyclic MDP.
         c: Rewards ``[B, S, A]``.
         tie_tol: Relative tolerance under which actions count as tied (see module docstring).
+        occupancy: Also compute the occupancy of the optimal policy (else ``None``).
     """
     if mdp.levels is None:
         raise ValueError("backward_induction needs an acyclic (finite-horizon) MDP")
@@ -152,16 +156,35 @@ def backward_induction(mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TO
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
     Q = torch.empty_like(c)
     pi = torch.empty(B, S, dtype=torch.long, device=c.device)
-    for idx in mdp.level_index:
-        ns, pr = mdp.next_states[idx], mdp.next_probs[idx]  # [L, A, K]
-        L, _, K = ns.shape
-        nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
-        q = c[:, idx] + mdp.gamma * (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
+    for idx, ns, pr in mdp.level_plan:
+        if ns is None:  # height 0: every action terminates
+            q = c[:, idx]
+        else:
+            L, _, K = ns.shape
+            nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
+            if pr is None:  # one successor with gamma * P = 1
+                q = c[:, idx] + nxt[..., 0]
+            else:
+                q = c[:, idx] + (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
         a = _greedy(q, tie_tol)
         Q[:, idx], pi[:, idx] = q, a
         V[:, idx] = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
-    nu = occupancy_of_policy(mdp, pi)
+    nu = occupancy_of_policy(mdp, pi) if occupancy else None
     return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
+
+
+def _evaluate(mdp: TabularMDP, c: torch.Tensor, pi: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """Exact values ``V[B, S]`` of deterministic policies, and the LU factors where a solve was needed.
+
+    Repeated squaring of the successor map for deterministic MDPs (:func:`_doubling`), else a batched
+    LU solve of ``(I - gamma P_pi) V = c_pi``.
+    """
+    c_pi = c.gather(-1, pi.unsqueeze(-1))
+    if mdp.is_deterministic:
+        return _doubling(mdp, pi, c_pi.squeeze(-1)), None
+    eye = torch.eye(pi.shape[-1], dtype=c.dtype, device=c.device)
+    lu, pivots = torch.linalg.lu_factor(eye - mdp.gamma * _policy_kernel(mdp, pi))
+    return torch.linalg.lu_solve(lu, pivots, c_pi).squeeze(-1), (lu, pivots)
 
 
 def policy_iteration(
@@ -170,15 +193,16 @@ def policy_iteration(
     tie_tol: float = TIE_TOL,
     max_iter: int = 1000,
     warm_start: int | None = None,
+    occupancy: bool = True,
 ) -> ExactSolution:
     """Exact solution of a discounted MDP by Howard's policy iteration.
 
-    Evaluation is exact: repeated squaring of the successor map for deterministic MDPs (see
-    :func:`_doubling`), else a batched LU solve of ``(I - gamma P_pi) V = c_pi``. Improvement is
-    greedy with the tie rule of the module docstring. In the LU case the first policy is greedy
-    after ``warm_start`` sweeps of value iteration (default 20) so that most entries need one or two
-    factorizations, and later rounds re-solve only the entries whose policy changed. It stops when
-    no policy changes, which certifies optimality.
+    Evaluation is exact (:func:`_evaluate`): repeated squaring of the successor map for
+    deterministic MDPs, else a batched LU solve of ``(I - gamma P_pi) V = c_pi``. Improvement is
+    greedy with the tie rule of the module docstring. The first policy is greedy after
+    ``warm_start`` sweeps of value iteration (default 20 for stochastic MDPs, none for deterministic
+    ones, whose evaluation is cheap), and each later round re-evaluates only the entries whose policy
+    changed. It stops when no policy changes, which certifies optimality.
 
     Args:
         mdp: A discounted MDP (``gamma < 1``).
@@ -186,49 +210,50 @@ def policy_iteration(
         tie_tol: Relative tolerance under which actions count as tied.
         max_iter: Raise if the policies have not converged after this many improvements.
         warm_start: Value-iteration sweeps before the first policy (default: 0 if deterministic, else 20).
+        occupancy: Also compute the occupancy of the optimal policy (else ``None``).
     """
     if mdp.gamma >= 1.0:
         raise ValueError("policy_iteration needs a discount gamma < 1")
     B, S, A = c.shape
-    deterministic = mdp.is_deterministic
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
-    for _ in range((0 if deterministic else 20) if warm_start is None else warm_start):
+    for _ in range((0 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
         V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
     pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
-    if deterministic:
-        for _ in range(max_iter):
-            V = _doubling(mdp, pi, c.gather(-1, pi.unsqueeze(-1)).squeeze(-1))
-            Q = c + mdp.gamma * mdp.expected_next(V)
-            new = _greedy(Q, tie_tol, current=pi)
-            if torch.equal(new, pi):
-                return ExactSolution(V @ mdp.mu0, V, Q, pi, occupancy_of_policy(mdp, pi))
-            pi = new
-        raise RuntimeError(f"policy iteration did not converge in {max_iter} iterations")
-    eye = torch.eye(S, dtype=c.dtype, device=c.device)
     active = torch.arange(B, device=c.device)
+    lu: tuple[torch.Tensor, ...] | None = None
     for _ in range(max_iter):
         everyone = active.numel() == B
         ca, pa = (c, pi) if everyone else (c[active], pi[active])
-        lu_a, piv_a = torch.linalg.lu_factor(eye - mdp.gamma * _policy_kernel(mdp, pa))
-        Va = torch.linalg.lu_solve(lu_a, piv_a, ca.gather(-1, pa.unsqueeze(-1))).squeeze(-1)
+        Va, lu_a = _evaluate(mdp, ca, pa)
         new = _greedy(ca + mdp.gamma * mdp.expected_next(Va), tie_tol, current=pa)
         if everyone:
-            lu, pivots, V, pi = lu_a, piv_a, Va, new
+            V, pi, lu = Va, new, lu_a
         else:
-            lu[active], pivots[active], V[active], pi[active] = lu_a, piv_a, Va, new
+            V[active], pi[active] = Va, new
+            if lu is not None and lu_a is not None:
+                lu[0][active], lu[1][active] = lu_a
         active = active[(new != pa).any(-1)]
         if active.numel() == 0:
             break
     else:
         raise RuntimeError(f"policy iteration did not converge in {max_iter} iterations")
     Q = c + mdp.gamma * mdp.expected_next(V)
-    # Occupancy: (I - gamma P_pi)^T d = mu0, with the factorization of the final evaluation.
-    d = torch.linalg.lu_solve(lu, pivots, mdp.mu0.expand(B, S).unsqueeze(-1), adjoint=True).squeeze(-1)
-    return ExactSolution(V @ mdp.mu0, V, Q, pi, _spread(d, pi, A))
+    if not occupancy:
+        nu = None
+    elif lu is None:
+        nu = occupancy_of_policy(mdp, pi)
+    else:  # (I - gamma P_pi)^T d = mu0, with the factorization of the final evaluation
+        d = torch.linalg.lu_solve(*lu, mdp.mu0.expand(B, S).unsqueeze(-1), adjoint=True).squeeze(-1)
+        nu = _spread(d, pi, A)
+    return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
 
 
 def solve_exact(
-    mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL, check_finite: bool = True
+    mdp: TabularMDP,
+    c: torch.Tensor,
+    tie_tol: float = TIE_TOL,
+    check_finite: bool = True,
+    occupancy: bool = True,
 ) -> ExactSolution:
     """Solves the follower's problem exactly for every reward tensor in the batch.
 
@@ -237,23 +262,27 @@ def solve_exact(
         c: Rewards ``[..., S, A]``; leading dimensions are flattened into one batch and restored.
         tie_tol: Relative tolerance under which actions count as tied (module docstring).
         check_finite: Reject NaN/inf in ``c`` (callers that validated their inputs may skip the scan).
+        occupancy: Also compute the optimal occupancies (callers that need them for a few entries
+            only, e.g. the full problem but not the ``n`` problems without an agent, can pass
+            ``False`` and call :func:`occupancy_of_policy` on those policies).
 
     Returns:
-        An :class:`ExactSolution` whose tensors carry the leading dimensions of ``c``.
+        An :class:`ExactSolution` whose tensors carry the leading dimensions of ``c``
+        (``occupancy`` is ``None`` when not requested).
     """
     mdp.check_rewards(c, check_finite=check_finite)
     lead = c.shape[:-2]
     flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
     if mdp.levels is not None:
-        sol = backward_induction(mdp, flat, tie_tol)
+        sol = backward_induction(mdp, flat, tie_tol, occupancy=occupancy)
     else:
-        sol = policy_iteration(mdp, flat, tie_tol)
+        sol = policy_iteration(mdp, flat, tie_tol, occupancy=occupancy)
     return ExactSolution(
         sol.value.reshape(lead),
         sol.values.reshape(*lead, -1),
         sol.q.reshape(*lead, *mdp.shape),
         sol.policy.reshape(*lead, -1),
-        sol.occupancy.reshape(*lead, *mdp.shape),
+        None if sol.occupancy is None else sol.occupancy.reshape(*lead, *mdp.shape),
     )
 
 

@@ -183,6 +183,25 @@ class TabularMDP:
             out.append(slice(lo, hi) if contiguous else lvl)
         return out
 
+    @cached_property
+    def level_plan(self) -> list[tuple[slice | torch.Tensor, torch.Tensor | None, torch.Tensor | None]]:
+        """Per height level (leaves first): its states, their successors and the discounted weights.
+
+        Each entry is ``(idx, next_states[idx] [L, A, K], gamma * next_probs[idx] [L, A, K])`` for
+        backward induction ``Q = c + sum_k gamma P V(next)``. At height 0 every action terminates, so
+        both are ``None``; elsewhere the weights are ``None`` where every successor is the single
+        one with ``gamma * P = 1`` (the common deterministic finite-horizon case): no multiply needed.
+        """
+        plan: list[tuple[slice | torch.Tensor, torch.Tensor | None, torch.Tensor | None]] = []
+        for h, idx in enumerate(self.level_index):
+            if h == 0:
+                plan.append((idx, None, None))
+                continue
+            ns, pr = self.next_states[idx], self.gamma * self.next_probs[idx]
+            unit = ns.shape[-1] == 1 and bool((pr == 1).all())
+            plan.append((idx, ns, None if unit else pr))
+        return plan
+
     @property
     def is_deterministic(self) -> bool:
         """True when every state-action pair has at most one successor (``K = 1``)."""

@@ -26,7 +26,7 @@ from torch import nn
 
 from dmd_torch.checks import check_float
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import solve_exact
+from dmd_torch.exact import occupancy_of_policy, solve_exact
 from dmd_torch.regularized import regularized_occupancy
 
 __all__ = ["AMA", "Outcome", "affine_rewards", "values_and_payments"]
@@ -176,10 +176,10 @@ class AMA(nn.Module):
         setting = self.setting
         with torch.no_grad():
             r = setting.rewards(types.to(self.boosts.device))
-            sol = solve_exact(setting.mdp, self.affine_rewards(r), check_finite=False)
+            sol = solve_exact(setting.mdp, self.affine_rewards(r), check_finite=False, occupancy=False)
             if not torch.isfinite(sol.value).all():  # NaN/inf rewards propagate into the values
                 raise ValueError(f"setting {setting.name!r} produced NaN or inf rewards for finite types")
-            nu = sol.occupancy[:, 0]
+            nu = occupancy_of_policy(setting.mdp, sol.policy[:, 0])  # the n problems without i need no nu
             asw, asw_without = sol.value[:, 0], sol.value[:, 1:]
             V, payments = values_and_payments(r, nu, self.weights.detach(), asw, asw_without)
             loss = None if setting.maximize else (setting.loss_vector(types) * nu).sum((-2, -1))

@@ -20,7 +20,7 @@ from dmd_torch.methods import (
     make_method,
 )
 from dmd_torch.methods.base import exact_score, free_parameters, initial_mechanism
-from dmd_torch.methods.grid import candidate_objectives, sobol_candidates
+from dmd_torch.methods.grid import candidate_objectives, score_candidates, sobol_candidates
 from dmd_torch.methods.zeroth_order import (
     bilevel_gradient,
     direct_loss,
@@ -83,8 +83,9 @@ def test_sobol_candidates_ranges_and_frozen_parameters():
 @pytest.mark.parametrize("cell", ["sales_asym", "scheduling_asym"])
 def test_grid_returns_best_candidate_by_exact_score(cell):
     setting = SMALL[cell]()
-    grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=20_000)
-    assert grid.batch_size(setting) < 24  # several batches
+    S, A = setting.mdp.shape
+    # one candidate per solve, the 100 profiles in chunks of 30
+    grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=30 * (setting.n_agents + 1) * S * A)
     ama = AMA(setting)
     events: list[StepEvent] = []
     result = grid.run(ama, heldout=_heldout(setting), seed=5, callback=events.append)
@@ -98,6 +99,19 @@ def test_grid_returns_best_candidate_by_exact_score(cell):
     torch.testing.assert_close(ama.log_weights.detach(), result.top[0][1])
     assert sum(e.advance for e in events) == grid.total_work() == 24
     assert result.heldout == pytest.approx(exact_score(ama, _heldout(setting)))
+
+
+@pytest.mark.parametrize("cell", ["sales_asym", "scheduling_asym"])
+def test_score_candidates_is_independent_of_batching(cell):
+    """Chunked profiles, several candidates per solve, and one solve per candidate agree with outcome()."""
+    setting = SMALL[cell]()
+    lw, b = sobol_candidates(AMA(setting), 7, seed=3)
+    types = setting.sample_types(50, torch.Generator().manual_seed(0))
+    S, A = setting.mdp.shape
+    per_profile = (setting.n_agents + 1) * S * A
+    direct = torch.stack([AMA(setting, weights=w.exp(), boosts=bb).outcome(types).objective.mean() for w, bb in zip(lw, b)])
+    for elements in (per_profile * 7, per_profile * 50 * 3, per_profile * 50 * 7):  # chunks of 7 profiles; 3 or 7 candidates
+        torch.testing.assert_close(score_candidates(setting, lw, b, types, elements), direct, rtol=1e-12, atol=1e-12)
 
 
 # ------------------------------------------------------------------------------------- zeroth order

@@ -19,7 +19,7 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import solve_exact
+from dmd_torch.exact import occupancy_of_policy, solve_exact
 from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
 from dmd_torch.checks import check_int
 from dmd_torch.methods.base import (
@@ -83,14 +83,17 @@ def candidate_objectives(
         r: ``setting.rewards(types)`` if already computed.
     """
     r = setting.rewards(types) if r is None else r
+    mdp = setting.mdp
     with torch.no_grad():
+        if not torch.isfinite(r).all() or not torch.isfinite(boosts).all() or not torch.isfinite(log_weights).all():
+            raise ValueError("candidate_objectives needs finite rewards, boosts and log-weights")
         if not setting.maximize:
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
-            nu = solve_exact(setting.mdp, c).occupancy  # [C, P, S, A]
+            nu = solve_exact(mdp, c, check_finite=False).occupancy  # [C, P, S, A]
             return (setting.loss_vector(types).unsqueeze(0) * nu).sum((-2, -1))
         c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])  # [C, P, n+1, S, A]
-        sol = solve_exact(setting.mdp, c)
-        nu = sol.occupancy[:, :, 0]  # [C, P, S, A]
+        sol = solve_exact(mdp, c, check_finite=False, occupancy=False)
+        nu = occupancy_of_policy(mdp, sol.policy[:, :, 0].flatten(0, 1)).view(c.shape[:2] + mdp.shape)
         w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
         _, payments = values_and_payments(r, nu, w, sol.value[:, :, 0], sol.value[:, :, 1:])
         return payments.sum(-1)
@@ -101,23 +104,36 @@ def score_candidates(
     log_weights: torch.Tensor,
     boosts: torch.Tensor,
     types: torch.Tensor,
-    batch: int,
+    max_batch_elements: int,
     on_batch: Any = None,
 ) -> torch.Tensor:
     """Mean exact objective of each candidate on the common profiles ``types``, ``[C]``.
+
+    Each batched solve covers ``candidates x profiles x (n + 1) x S x A <= max_batch_elements``
+    (at least one candidate and one profile): several candidates per solve when the profiles are
+    few, else one candidate on chunks of the profiles (small batches stay in cache and run faster).
 
     Args:
         setting: The setting.
         log_weights: ``[C, n]``.
         boosts: ``[C, S, A]``.
         types: Common profiles ``[P, n, K]``.
-        batch: Candidates per batched solve.
-        on_batch: Optional ``f(scores_so_far: Tensor)`` called after each batch.
+        max_batch_elements: Bound on the elements of one batched solve.
+        on_batch: Optional ``f(scores: Tensor)`` called with the scores of each finished group of candidates.
     """
+    check_int("max_batch_elements", max_batch_elements)
+    S, A = setting.mdp.shape
+    per_profile = (setting.n_agents + 1) * S * A
+    P = types.shape[0]
+    chunk = max(1, min(P, max_batch_elements // per_profile))
+    batch = max(1, max_batch_elements // (per_profile * P)) if chunk == P else 1
     r = setting.rewards(types)
     out = []
     for lw, b in zip(log_weights.split(batch), boosts.split(batch)):
-        out.append(candidate_objectives(setting, lw, b, types, r).mean(-1))
+        total = sum(
+            candidate_objectives(setting, lw, b, t, rr).sum(-1) for t, rr in zip(types.split(chunk), r.split(chunk))
+        )
+        out.append(total / P)
         if on_batch is not None:
             on_batch(out[-1])
     return torch.cat(out)
@@ -138,7 +154,7 @@ class GridSearch(Method):
     num_points: int = 10_000
     profiles: int = 2_000
     top_k: int = 1
-    max_batch_elements: int = 4_000_000
+    max_batch_elements: int = 250_000
 
     def __post_init__(self) -> None:
         check_int("grid num_points", self.num_points)
@@ -153,12 +169,6 @@ class GridSearch(Method):
 
     def hparams(self) -> dict[str, Any]:
         return {"method": self.name, "num_points": self.num_points, "profiles": self.profiles, "top_k": self.top_k}
-
-    def batch_size(self, setting: Setting) -> int:
-        """Candidates per batched solve for ``setting``."""
-        S, A = setting.mdp.shape
-        per = self.profiles * (setting.n_agents + 1) * S * A
-        return max(1, min(self.num_points, self.max_batch_elements // per))
 
     def training_profiles(self, setting: Setting, seed: int = 0) -> torch.Tensor:
         """The common profiles every candidate is scored on, ``[profiles, n, K]``."""
@@ -188,7 +198,7 @@ class GridSearch(Method):
             if callback is not None:
                 callback(StepEvent("grid", done[0], 0, scores.numel(), ama, objective=sign * done[1]))
 
-        scores = score_candidates(setting, log_weights, boosts, types, self.batch_size(setting), report)
+        scores = score_candidates(setting, log_weights, boosts, types, self.max_batch_elements, report)
         order = torch.argsort(sign * scores, descending=True, stable=True)[: self.top_k]
         top = [(float(scores[k]), log_weights[k].clone(), boosts[k].clone()) for k in order.tolist()]
         restore(ama, (top[0][1], top[0][2]))
