@@ -67,8 +67,19 @@ def sobol_candidates(ama: AMA, num_points: int, seed: int) -> tuple[torch.Tensor
     return log_weights.to(ama.boosts.dtype), boosts.to(ama.boosts.dtype)
 
 
+def _check_finite(r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor) -> None:
+    for name, x in (("rewards", r), ("log-weights", log_weights), ("boosts", boosts)):
+        if not torch.isfinite(x).all():
+            raise ValueError(f"grid candidates need finite {name}; got NaN or inf")
+
+
 def candidate_objectives(
-    setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor, types: torch.Tensor, r: torch.Tensor | None = None
+    setting: Setting,
+    log_weights: torch.Tensor,
+    boosts: torch.Tensor,
+    types: torch.Tensor,
+    r: torch.Tensor | None = None,
+    check_finite: bool = True,
 ) -> torch.Tensor:
     """Exact objective of ``C`` candidate AMAs on ``P`` profiles in one batched solve, ``[C, P]``.
 
@@ -81,12 +92,13 @@ def candidate_objectives(
         boosts: ``[C, S, A]``.
         types: Type profiles ``[P, n, K]``.
         r: ``setting.rewards(types)`` if already computed.
+        check_finite: Reject NaN/inf rewards or parameters (callers that checked them may skip the scan).
     """
     r = setting.rewards(types) if r is None else r
     mdp = setting.mdp
     with torch.no_grad():
-        if not torch.isfinite(r).all() or not torch.isfinite(boosts).all() or not torch.isfinite(log_weights).all():
-            raise ValueError("candidate_objectives needs finite rewards, boosts and log-weights")
+        if check_finite:
+            _check_finite(r, log_weights, boosts)
         if not setting.maximize:
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
             nu = solve_exact(mdp, c, check_finite=False).occupancy  # [C, P, S, A]
@@ -128,10 +140,12 @@ def score_candidates(
     chunk = max(1, min(P, max_batch_elements // per_profile))
     batch = max(1, max_batch_elements // (per_profile * P)) if chunk == P else 1
     r = setting.rewards(types)
+    _check_finite(r, log_weights, boosts)
     out = []
     for lw, b in zip(log_weights.split(batch), boosts.split(batch)):
         total = sum(
-            candidate_objectives(setting, lw, b, t, rr).sum(-1) for t, rr in zip(types.split(chunk), r.split(chunk))
+            candidate_objectives(setting, lw, b, t, rr, check_finite=False).sum(-1)
+            for t, rr in zip(types.split(chunk), r.split(chunk))
         )
         out.append(total / P)
         if on_batch is not None:
