@@ -48,6 +48,8 @@ from dmd_torch.storage import atomic_write
 
 __all__ = [
     "METHODS",
+    "VCG_Z_MAX",
+    "MIN_OPTIMALITY_RATIO",
     "METHOD_LABELS",
     "REQUIRED_KEYS",
     "TABLES",
@@ -236,6 +238,9 @@ class Row:
         known_optimum: The known optimum on our profiles (sales tables), or ``None``.
         known_optimum_stderr: Its standard error, or ``None``.
         optimality_ratio: Best mean over the known optimum, or ``None``.
+        vcg_z: ``(our VCG - published VCG) / sqrt(our SE^2 + caption bound^2)``, or ``None``.
+        paper_best: The best of the paper's three published method figures, or ``None``.
+        best_gap: Our best minus the paper's best, signed so that ``>= 0`` means at least as good.
     """
 
     n: int
@@ -250,6 +255,15 @@ class Row:
     known_optimum: float | None = None
     known_optimum_stderr: float | None = None
     optimality_ratio: float | None = None
+    vcg_z: float | None = None
+    paper_best: float | None = None
+    best_gap: float | None = None
+
+
+#: Reproduction targets (issue "reproduce the paper"): VCG within this many combined standard errors
+#: of the published figure, and in the sales tables at least this fraction of the known optimum.
+VCG_Z_MAX = 3.0
+MIN_OPTIMALITY_RATIO = 0.99
 
 
 # ---------------------------------------------------------------------------------------- results
@@ -491,6 +505,15 @@ def build_rows(
         row.best_method, row.best_improvement = best_improvement(
             {k: r for k, r in row.runs.items() if k in METHODS}, spec.maximize
         )
+        p = row.paper
+        if p is not None:
+            combined = math.hypot(row.vcg_stderr, spec.paper_stderr_bound)
+            row.vcg_z = (row.vcg_mean - p.values["vcg"]) / combined
+            pick = max if spec.maximize else min
+            row.paper_best = pick(p.values[k] for k in METHODS)
+            if row.best_method is not None:
+                gap = row.runs[row.best_method].mean - row.paper_best
+                row.best_gap = gap if spec.maximize else -gap
         if spec.has_known_optimum and row.best_method is not None:
             best = row.runs[row.best_method]
             row.known_optimum, row.known_optimum_stderr = best.known_optimum, best.known_optimum_stderr
@@ -602,11 +625,39 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         )
     if inconsistent:
         notes.append("* \\*: the runs of this cell evaluated VCG on different profiles; shown: the first method's.")
+    notes += _check_notes(spec, rows)
     notes.append(
         "* Source of the published figures: Curry, Thoma, Chakrabarti, McAleer, Kroer, Sandholm, He & Seuken, "
         "*Automated Design of Affine Maximizer Mechanisms in Dynamic Settings*, AAAI-24 (see dmd_torch/data/README.md)."
     )
     return "\n".join(lines + notes) + "\n"
+
+
+def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
+    """The reproduction targets, cell by cell: which pass, and by how much the others fall short."""
+    def cell(row: Row) -> str:
+        return f"n={row.n} m={row.m}"
+
+    def line(title: str, done: list[Row], failed: list[tuple[Row, str]]) -> str:
+        text = f"* Check, {title}: {len(done) - len(failed)}/{len(done)} cells"
+        if failed:
+            text += "; short: " + "; ".join(f"{cell(r)} ({why})" for r, why in failed)
+        return text + "."
+
+    vcg = [r for r in rows if r.vcg_z is not None]
+    best = [r for r in rows if r.best_gap is not None]
+    notes = [
+        line(f"our VCG within {VCG_Z_MAX:g} combined standard errors of the published one (ours and the "
+             f"caption's bound {spec.paper_stderr_bound:g})", vcg,
+             [(r, f"{r.vcg_z:+.1f} SE") for r in vcg if abs(r.vcg_z) > VCG_Z_MAX]),
+        line("our best at least as good as the paper's best method", best,
+             [(r, f"{r.runs[r.best_method].mean:.4f} vs {r.paper_best:.4f}") for r in best if r.best_gap < 0]),
+    ]
+    if spec.has_known_optimum:
+        opt = [r for r in rows if r.optimality_ratio is not None]
+        notes.append(line(f"optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", opt,
+                          [(r, f"{r.optimality_ratio:.3f}") for r in opt if r.optimality_ratio < MIN_OPTIMALITY_RATIO]))
+    return notes
 
 
 def _num(x: float | int | None) -> str:
@@ -620,7 +671,7 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     ``<method>, <method>_stderr, <method>_paper, <method>_improvement_pct, <method>_optimality_ratio,
     <method>_runtime_seconds, <method>_steps, <method>_seed, <method>_run_dir``; then ``best_method,
     best_improvement_pct, best_improvement_pct_paper, known_optimum, known_optimum_stderr,
-    known_optimum_reference, optimality_ratio``. Improvements use the paper's sign convention (see
+    known_optimum_reference, optimality_ratio, vcg_z, paper_best, best_gap`` (see :class:`Row`). Improvements use the paper's sign convention (see
     the module docstring). Missing values are empty fields.
     """
     header = ["table", "setting", "objective", "n", "m", "vcg", "vcg_stderr", "vcg_paper"]
@@ -628,7 +679,8 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
         header += [k, f"{k}_stderr", f"{k}_paper", f"{k}_improvement_pct", f"{k}_optimality_ratio",
                    f"{k}_runtime_seconds", f"{k}_steps", f"{k}_seed", f"{k}_run_dir"]
     header += ["best_method", "best_improvement_pct", "best_improvement_pct_paper", "known_optimum",
-               "known_optimum_stderr", "known_optimum_reference", "optimality_ratio"]
+               "known_optimum_stderr", "known_optimum_reference", "optimality_ratio", "vcg_z", "paper_best",
+               "best_gap"]
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(header)
@@ -646,7 +698,8 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
                      _num(rec.runtime_seconds), _num(rec.steps), _num(rec.seed), str(rec.path.parent)]
         line += [row.best_method or "", _num(row.best_improvement), _num(p.best_improvement) if p else "",
                  _num(row.known_optimum), _num(row.known_optimum_stderr),
-                 _num(p.known_optimum) if p else "", _num(row.optimality_ratio)]
+                 _num(p.known_optimum) if p else "", _num(row.optimality_ratio), _num(row.vcg_z),
+                 _num(row.paper_best), _num(row.best_gap)]
         writer.writerow(line)
     return buf.getvalue()
 

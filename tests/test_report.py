@@ -16,6 +16,7 @@ import pytest
 
 from dmd_torch import report
 from dmd_torch.report import (
+    METHODS,
     TABLES,
     best_improvement,
     build_rows,
@@ -229,6 +230,36 @@ def test_table1_markdown_and_csv(table1_runs):
     assert c22["grid"] == "" and c22["grid_paper"] == "0.4902"
     c52 = rows_csv[(5, 2)]
     assert c52["vcg"] == c52["reg_lp"] == c52["best_method"] == "" and c52["reg_lp_paper"] == "0.9967"
+
+
+def test_reproduction_checks(table1_runs, tmp_path):
+    """The issue's targets per cell: VCG within 3 combined SE, best >= paper's best, ratio >= 0.99."""
+    spec = TABLES[1]
+    rows = {(r.n, r.m): r for r in build_rows(spec, collect_results(table1_runs))}
+    r32, r22, r43 = rows[(3, 2)], rows[(2, 2)], rows[(4, 3)]
+    assert r32.vcg_z == pytest.approx((0.5001 - 0.4999) / math.hypot(0.004, 0.007))
+    assert r32.paper_best == 0.6777 and r32.best_gap == pytest.approx(0.6801 - 0.6777)
+    assert r22.best_gap == pytest.approx(0.4911 - 0.4939)  # short of the paper's zeroth order
+    assert rows[(5, 2)].vcg_z is None and rows[(5, 2)].best_gap is None  # no run
+    md = render_markdown(spec, list(rows.values()))
+    assert "combined standard errors of the published one (ours and the caption's bound 0.007): 3/3 cells." in md
+    assert "paper's best method: 2/3 cells; short: n=2 m=2 (0.4911 vs 0.4939)." in md
+    assert (f"optimality ratio >= 0.99: 0/3 cells; short: n=2 m=2 ({0.4911 / 0.5001:.3f}); "
+            f"n=3 m=2 ({0.6801 / 0.7188:.3f}); n=4 m=3 ({0.912 / 0.987:.3f}).") in md
+    csv_rows = _csv_rows(table_csv(spec, list(rows.values())))
+    assert float(csv_rows[(2, 2)]["best_gap"]) == pytest.approx(0.4911 - 0.4939)
+
+    # makespan: lower is better, so a higher makespan than the paper's best is a shortfall; a VCG far off is flagged
+    root = tmp_path / "table3"
+    put(root, fake_results("scheduling_sym", 2, 4, "reg_lp", 0.9000, 1.1000, vcg_stderr=0.005))
+    put(root, fake_results("scheduling_sym", 2, 5, "reg_lp", 2.0000, 1.5000, vcg_stderr=0.005))
+    rows3 = {(r.n, r.m): r for r in build_rows(TABLES[3], collect_results(root))}
+    p24, p25 = rows3[(2, 4)].paper, rows3[(2, 5)].paper
+    assert rows3[(2, 4)].best_gap == pytest.approx(min(p24.values[k] for k in METHODS) - 0.9)
+    assert rows3[(2, 5)].best_gap == pytest.approx(min(p25.values[k] for k in METHODS) - 2.0) < 0
+    assert rows3[(2, 5)].vcg_z == pytest.approx((1.5 - p25.values["vcg"]) / math.hypot(0.005, 0.02))
+    md3 = render_markdown(TABLES[3], list(rows3.values()))
+    assert "n=2 m=5 (2.0000 vs" in md3
 
 
 def test_makespan_table_keeps_the_papers_negative_sign(tmp_path):
