@@ -256,7 +256,8 @@ def test_reproduction_checks(table1_runs, tmp_path):
     rows3 = {(r.n, r.m): r for r in build_rows(TABLES[3], collect_results(root))}
     p24, p25 = rows3[(2, 4)].paper, rows3[(2, 5)].paper
     assert rows3[(2, 4)].best_gap == pytest.approx(min(p24.values[k] for k in METHODS) - 0.9)
-    assert rows3[(2, 5)].best_gap == pytest.approx(min(p25.values[k] for k in METHODS) - 2.0) < 0
+    assert rows3[(2, 5)].best_gap == pytest.approx(min(p25.values[k] for k in METHODS) - 2.0)
+    assert rows3[(2, 5)].best_gap < 0
     assert rows3[(2, 5)].vcg_z == pytest.approx((1.5 - p25.values["vcg"]) / math.hypot(0.005, 0.02))
     md3 = render_markdown(TABLES[3], list(rows3.values()))
     assert "n=2 m=5 (2.0000 vs" in md3
