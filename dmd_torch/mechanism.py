@@ -84,10 +84,18 @@ def affine_rewards(
         ``[..., S, A]`` (the full problem only) when ``without`` is false.
     """
     wr = weights[..., None, None] * r
-    total = wr.sum(-3) + boosts
     if not without:
-        return total
-    return torch.cat([total.unsqueeze(-3), total.unsqueeze(-3) - wr], dim=-3)
+        return wr.sum(-3) + boosts
+    if torch.is_grad_enabled() and (wr.requires_grad or boosts.requires_grad):
+        total = wr.sum(-3) + boosts
+        return torch.cat([total.unsqueeze(-3), total.unsqueeze(-3) - wr], dim=-3)
+    # no autograd: write both parts into one buffer (saves the concatenation's extra pass)
+    n = wr.shape[-3]
+    lead = torch.broadcast_shapes(wr.shape[:-3], boosts.shape[:-2])
+    out = torch.empty(*lead, n + 1, *wr.shape[-2:], dtype=torch.result_type(wr, boosts), device=wr.device)
+    torch.add(wr.sum(-3), boosts, out=out[..., 0, :, :])
+    torch.sub(out[..., :1, :, :], wr, out=out[..., 1:, :, :])
+    return out
 
 
 def values_and_payments(

@@ -3,6 +3,7 @@ import torch
 
 from dmd_torch import AMA, make_env
 from dmd_torch.exact import solve_exact
+from dmd_torch.mechanism import affine_rewards
 
 
 def test_vcg_single_item_is_second_price(gen):
@@ -138,3 +139,18 @@ def test_forward_rejects_bad_alpha(gen):
     for alpha in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="alpha must be a finite number > 0"):
             AMA(env)(env.sample_types(2, gen), alpha=alpha)
+
+
+def test_affine_rewards_definition_with_and_without_autograd(gen):
+    """[..., n+1, S, A]: index 0 is sum_i w_i r_i + b, index 1+i drops agent i; broadcast over candidates."""
+    r = torch.rand(6, 3, 5, 4, generator=gen, dtype=torch.float64)
+    w = torch.rand(2, 1, 3, generator=gen, dtype=torch.float64) + 0.1  # 2 candidates x 6 profiles
+    b = torch.randn(2, 1, 5, 4, generator=gen, dtype=torch.float64)
+    wr = w[..., None, None] * r
+    expected = torch.stack([wr.sum(-3) + b] + [wr.sum(-3) + b - wr[..., i, :, :] for i in range(3)], -3)
+    fast = affine_rewards(r, w, b)
+    torch.testing.assert_close(fast, expected, rtol=0, atol=1e-15)
+    graded = affine_rewards(r, w.requires_grad_(), b)
+    torch.testing.assert_close(graded, fast, rtol=0, atol=0)
+    assert graded.requires_grad and not fast.requires_grad
+    torch.testing.assert_close(affine_rewards(r, w.detach(), b, without=False), expected[..., 0, :, :])
