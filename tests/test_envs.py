@@ -118,3 +118,21 @@ def test_bad_types_rejected():
         env.rewards(torch.full((3, 2, 1), float("inf"), dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\[B, 2, 1\]"):
         env.rewards(torch.zeros(3, 3, 1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("clamped", [False, True])
+@pytest.mark.parametrize("n,T", [(2, 1), (2, 4), (3, 3)])
+def test_makespan_loss_vector_matches_queue_simulation(gen, n, T, clamped):
+    """The tree-built loss vector equals simulating every complete assignment with queue_makespan."""
+    env = make_env("scheduling", n_agents=n, size=T, distribution="asymmetric", clamped=clamped)
+    types = env.sample_types(7, gen)
+    q = env.loss_vector(types)
+    S, A = env.mdp.shape
+    expected = torch.zeros_like(q)
+    for s, h in enumerate(env.mdp.state_labels):
+        if len(h) == T - 1:
+            for a in range(A):
+                seq = torch.tensor([[w - 1 for w in h] + [a]])
+                expected[:, s, a] = queue_makespan(types, seq, clamped)[:, 0]
+    torch.testing.assert_close(q, expected, rtol=0, atol=1e-12)
+    assert (q[:, [s for s, h in enumerate(env.mdp.state_labels) if len(h) < T - 1]] == 0).all()

@@ -37,13 +37,10 @@ def queue_makespan(costs: torch.Tensor, assignment: torch.Tensor, clamped: bool 
     B, n, T = costs.shape
     P = assignment.shape[0]
     R = torch.zeros(B, P, n, dtype=costs.dtype, device=costs.device)
+    onehot = torch.eye(n, dtype=costs.dtype, device=costs.device)
     for tau in range(T):
-        R = torch.where(R > 0, R - 1.0, R)
-        if clamped:
-            R = R.clamp(min=0.0)
         who = assignment[:, tau]  # [P]
-        cost = costs[:, who, tau]  # [B, P]
-        R = R.scatter_add(-1, who.expand(B, P).unsqueeze(-1), cost.unsqueeze(-1))
+        R = _queue_step(R, onehot[who] * costs[:, who, tau].unsqueeze(-1), clamped)
     return R.max(-1).values.clamp(min=0.0)
 
 
@@ -85,6 +82,11 @@ class TaskScheduling(Setting):
         self._terminal_states = last
         seqs = [list(self.mdp.state_labels[s]) + [a] for s in last.tolist() for a in range(1, n + 1)]
         self._assignments = torch.tensor(seqs, dtype=torch.long).reshape(-1, size) - 1
+        # The queue after each history, built along the tree: parent state and worker of its last task.
+        index = {h: k for k, h in enumerate(self.mdp.state_labels)}
+        self._parent = torch.tensor([index.get(h[:-1], 0) for h in self.mdp.state_labels], dtype=torch.long)
+        self._last_worker = torch.tensor([h[-1] - 1 if h else 0 for h in self.mdp.state_labels], dtype=torch.long)
+        self._by_depth = [(self._depth == d).nonzero().flatten() for d in range(size)]
 
     @property
     def type_dim(self) -> int:
@@ -108,9 +110,28 @@ class TaskScheduling(Setting):
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
         """Makespan of each terminal state-action pair ``q[B, S, A]`` (zero elsewhere)."""
         self.check_types(types)
-        B = types.shape[0]
+        B, n, T = types.shape
         S, A = self.mdp.shape
-        span = queue_makespan(types, self._assignments.to(types.device), self.clamped)
-        q = torch.zeros(B, S, A, dtype=types.dtype, device=types.device)
-        q[:, self._terminal_states.to(types.device)] = span.reshape(B, -1, A)
+        dev = types.device
+        onehot = torch.eye(n, dtype=types.dtype, device=dev)
+        # The same queue rule as queue_makespan, one tree level at a time: R after each history
+        # is the parent's R after one more task, so shared prefixes are simulated once.
+        R = types.new_zeros(B, S, n)
+        for d in range(1, T):
+            idx = self._by_depth[d].to(dev)
+            added = onehot[self._last_worker[idx].to(dev)] * types[:, None, :, d - 1]  # [B, L, n]
+            R[:, idx] = _queue_step(R[:, self._parent[idx].to(dev)], added, self.clamped)
+        last = self._terminal_states.to(dev)
+        added = onehot * types[:, None, :, T - 1]  # action a assigns the last task to worker a: [B, A, n]
+        final = _queue_step(R[:, last].unsqueeze(2), added.unsqueeze(1), self.clamped)  # [B, L, A, n]
+        q = torch.zeros(B, S, A, dtype=types.dtype, device=dev)
+        q[:, last] = final.amax(-1).clamp(min=0.0)
         return q
+
+
+def _queue_step(R: torch.Tensor, added: torch.Tensor, clamped: bool) -> torch.Tensor:
+    """One task of the queue rule: busy workers work one unit, then the assigned worker's work grows."""
+    R = torch.where(R > 0, R - 1.0, R)
+    if clamped:
+        R = R.clamp(min=0.0)
+    return R + added
