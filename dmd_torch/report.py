@@ -200,6 +200,7 @@ class RunRecord:
         steps: Gradient steps taken.
         eval_profiles: Evaluation profiles, or ``None`` when not recorded.
         eval_seed: Evaluation seed, or ``None`` when not recorded.
+        grid_candidates: Sobol candidates scored (grid runs), or ``None`` when not recorded.
     """
 
     path: Path
@@ -219,6 +220,7 @@ class RunRecord:
     steps: int
     eval_profiles: int | None = None
     eval_seed: int | None = None
+    grid_candidates: int | None = None
 
 
 @dataclass
@@ -365,6 +367,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         steps=int(data["steps"]),
         eval_profiles=int(data["eval_profiles"]) if _finite(data.get("eval_profiles")) else None,
         eval_seed=int(data["eval_seed"]) if _finite(data.get("eval_seed")) else None,
+        grid_candidates=int(data["grid_candidates"]) if _finite(data.get("grid_candidates")) else None,
     )
 
 
@@ -603,6 +606,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     records = [r for row in rows for r in row.runs.values()]
     profiles = sorted({r.eval_profiles for r in records if r.eval_profiles is not None})
     seeds = sorted({r.seed for r in records})
+    budgets = sorted({r.grid_candidates for r in records if r.method == "grid" and r.grid_candidates})
     total = sum(r.runtime_seconds for r in records)
     paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in METHODS)
     imp_sign = (
@@ -615,7 +619,8 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         f"({imp_sign}); our best method in brackets. N/A: VCG's mean is 0. —: no run.",
         f"* Ours: {len(records)} run(s); evaluation on {', '.join(map(str, profiles)) or '?'} fresh profiles "
         f"per run (paper: 10000); training seed(s) {', '.join(map(str, seeds)) or '—'}; "
-        f"total wall time {_duration(total) if records else _MISSING}.",
+        f"total wall time {_duration(total) if records else _MISSING}"
+        + (f"; grid: {', '.join(map(str, budgets))} Sobol points per run (paper: 10000)." if budgets else "."),
         f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; runtime {paper_hours}.",
     ]
     if spec.has_known_optimum:

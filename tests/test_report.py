@@ -213,6 +213,7 @@ def test_table1_markdown_and_csv(table1_runs):
     r43 = _md_row(md, 4, 3)
     assert r43[5].startswith("**0.9120**") and r43[6].startswith(f"{100 * (0.9120 - 0.6010) / 0.6010:.2f}% [reg. LP]")
     assert "6 run(s)" in md and "10000 fresh profiles" in md and "AAAI-24" in md
+    assert "grid: 10000 Sobol points per run (paper: 10000)" in md
 
     rows_csv = _csv_rows(table_csv(spec, rows))
     assert len(rows_csv) == 8
