@@ -26,7 +26,11 @@ __all__ = ["atomic_write", "write_json", "save_mechanism", "load_mechanism", "me
 
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; on success renames it onto ``path``, else deletes it."""
+    """Yields a temporary path beside ``path``; on success renames it onto ``path``, else deletes it.
+
+    The file gets the permissions of a plainly created one (``0o666`` less the umask), not the
+    private ``0o600`` of a temporary file, so that others sharing the results can read them.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -34,10 +38,17 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_umask())
         os.replace(tmp_path, path)
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
