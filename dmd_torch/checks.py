@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["check_int", "check_float", "check_choice"]
+import torch
+
+__all__ = ["check_int", "check_float", "check_choice", "check_finite"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -31,3 +33,10 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
     return value
+
+
+def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:
+    """Returns ``tensor`` if every entry is finite, else raises ``ValueError("<name> contains NaN or inf")``."""
+    if not torch.isfinite(tensor).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    return tensor

@@ -20,6 +20,8 @@ from functools import cached_property
 
 import torch
 
+from dmd_torch import checks
+
 __all__ = ["TabularMDP"]
 
 _PROB_TOL = 1e-9
@@ -280,6 +282,4 @@ class TabularMDP:
                 f"{name} must have shape [..., S, A] = [..., {self.num_states}, {self.num_actions}], "
                 f"got {tuple(c.shape)}"
             )
-        if check_finite and not torch.isfinite(c).all():
-            raise ValueError(f"{name} contains NaN or inf")
-        return c
+        return checks.check_finite(name, c) if check_finite else c

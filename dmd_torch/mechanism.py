@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmd_torch.checks import check_float
+from dmd_torch.checks import check_finite, check_float
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import occupancy_of_policy, solve_exact
 from dmd_torch.regularized import regularized_occupancy
@@ -168,8 +168,7 @@ class AMA(nn.Module):
     def check_parameters(self) -> None:
         """Raises if a parameter holds NaN or inf (e.g. after a diverged optimizer step)."""
         for name, p in (("log_weights", self.log_weights), ("boosts", self.boosts)):
-            if not torch.isfinite(p).all():
-                raise ValueError(f"mechanism parameter {name} contains NaN or inf")
+            check_finite(f"mechanism parameter {name}", p)
 
     def affine_rewards(self, r: torch.Tensor) -> torch.Tensor:
         """Rewards of the ``n + 1`` follower problems per profile, ``[B, n + 1, S, A]``.

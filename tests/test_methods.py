@@ -309,3 +309,12 @@ def test_registry_and_specs():
     assert MultiStart().grid is None
     assert ZerothOrder().num_perturbations == 20 and ZerothOrder().sigma == 0.05
     assert RegularizedLP().alpha == 0.01
+
+
+def test_score_candidates_rejects_nan_candidates():
+    setting = SMALL["sales_asym"]()
+    lw, b = sobol_candidates(AMA(setting), 3, seed=0)
+    b[1, 0, 0] = math.nan
+    types = setting.sample_types(5, torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match="grid boosts contains NaN or inf"):
+        score_candidates(setting, lw, b, types, 10_000)

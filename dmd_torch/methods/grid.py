@@ -21,7 +21,7 @@ from torch.quasirandom import SobolEngine
 from dmd_torch.envs.base import Setting
 from dmd_torch.exact import occupancy_of_policy, solve_exact
 from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
-from dmd_torch.checks import check_int
+from dmd_torch.checks import check_finite, check_int
 from dmd_torch.methods.base import (
     Callback,
     Method,
@@ -68,9 +68,8 @@ def sobol_candidates(ama: AMA, num_points: int, seed: int) -> tuple[torch.Tensor
 
 
 def _check_finite(r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor) -> None:
-    for name, x in (("rewards", r), ("log-weights", log_weights), ("boosts", boosts)):
-        if not torch.isfinite(x).all():
-            raise ValueError(f"grid candidates need finite {name}; got NaN or inf")
+    for name, x in (("grid rewards", r), ("grid log-weights", log_weights), ("grid boosts", boosts)):
+        check_finite(name, x)
 
 
 def candidate_objectives(
