@@ -50,6 +50,7 @@ __all__ = [
     "run",
     "setting_from_config",
     "method_from_config",
+    "method_variant",
     "reference_key",
     "output_directory",
     "RunLogger",
@@ -87,11 +88,28 @@ def setting_from_config(env: Mapping[str, Any]) -> Setting:
 
 
 def method_from_config(method: Mapping[str, Any]) -> Method:
-    """Builds the method of a ``method`` config block (``name`` plus the method's attributes)."""
+    """Builds the method of a ``method`` config block (``name`` plus the method's attributes).
+
+    The optional ``variant`` key (see :func:`method_variant`) labels the run and is not passed on.
+    """
     block = dict(_plain(method) or {})
     if "name" not in block:
         raise ValueError("the method block needs a name; allowed: grid, zeroth_order, reg_lp")
+    block.pop("variant", None)
     return make_method(block.pop("name"), **block)
+
+
+def method_variant(method: Mapping[str, Any]) -> str:
+    """The run's method label: the block's ``variant`` (e.g. ``reg_lp_tuned``, a configuration of
+    ``reg_lp``), else its ``name``. It names the sweep's output directory and the report's column.
+    """
+    block = dict(_plain(method) or {})
+    variant = block.get("variant")
+    if variant is None:
+        return str(block.get("name"))
+    if not isinstance(variant, str) or not variant or not all(ch.isalnum() or ch in "_-." for ch in variant):
+        raise ValueError(f"method.variant must be a non-empty name of letters, digits, '_', '-' or '.', got {variant!r}")
+    return variant
 
 
 def reference_key(setting: Setting) -> str:
@@ -266,7 +284,7 @@ def _summary(results: dict[str, Any], out: Path) -> str:
     r = results
     better = "higher" if r["maximize"] else "lower"
     lines = [
-        f"==== {r['method']} on {r['setting']} ({', '.join(f'{k}={v}' for k, v in r['env'].items())}) ====",
+        f"==== {r.get('variant', r['method'])} on {r['setting']} ({', '.join(f'{k}={v}' for k, v in r['env'].items())}) ====",
         f"steps {r['steps']}, grid candidates {r['grid_candidates']}, starts {r['starts']} (best {r['best_start']}); "
         f"runtime {r['runtime_seconds']:.1f} s",
         f"{r['objective']} ({better} is better), {r['eval_profiles']} fresh profiles (seed {r['eval_seed']}):",
@@ -297,6 +315,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     seed = check_int("seed", cfg.get("seed", 0), minimum=0)
     setting = setting_from_config(cfg.env)
     method = method_from_config(cfg.method)
+    variant = method_variant(cfg.method)
     method.check_setting(setting)
     heldout_n = check_int("heldout_profiles", cfg.get("heldout_profiles", 2000))
     eval_cfg = cfg.get("eval") or {}
@@ -312,7 +331,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     fingerprint = {
         "env": setting.env_block(),
         "env_options": env_options,
-        "method_config": _plain(cfg.method),
+        "method_config": {k: v for k, v in (_plain(cfg.method) or {}).items() if k != "variant"},  # the label is no setting
         "seed": seed,
         "heldout_profiles": heldout_n,
         "eval_profiles": eval_profiles,
@@ -343,6 +362,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             "setting": reference_key(setting),
             **fingerprint,
             "method": method.name,
+            "variant": variant,
             "objective": setting.objective,
             "maximize": setting.maximize,
             "mean": evaluation.mean,
@@ -373,7 +393,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
             },
         )
         save_mechanism(ama.cpu(), out)
-        plot_training_curve(logger, out / "training_curve.png", evaluation, title=f"{method.name} on {reference_key(setting)}, n={setting.n_agents}, size={setting.size}")
+        plot_training_curve(logger, out / "training_curve.png", evaluation, title=f"{variant} on {reference_key(setting)}, n={setting.n_agents}, size={setting.size}")
         write_json(out / "results.json", results)
     except KeyboardInterrupt:
         logger.close()

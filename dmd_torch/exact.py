@@ -12,7 +12,8 @@ occupancy measures ``nu`` satisfying the flow constraints ``M nu = mu0``, ``nu >
 
 Tie-breaking is deterministic: among the actions whose Q-value lies within
 ``tie_tol * (1 + |max_a Q|)`` of the maximum, the lowest action index is chosen (policy iteration
-keeps its current action when that action is among them, which guarantees termination).
+keeps its current action when that action is among them, which guarantees termination; so with a
+start policy, e.g. :func:`mean_reward_policy`, tied actions resolve to the start's choice).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "policy_iteration",
     "solve_exact",
     "occupancy_of_policy",
+    "mean_reward_policy",
     "solve_lp_highs",
 ]
 
@@ -59,9 +61,9 @@ class ExactSolution:
 
 def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None) -> torch.Tensor:
     """Lowest-index near-maximal action (keeping ``current`` when it is near-maximal)."""
-    best = q.max(-1, keepdim=True).values
+    best = q.amax(-1, keepdim=True)
     near = q >= best - tie_tol * (1.0 + best.abs())
-    choice = near.to(torch.int8).argmax(-1)
+    choice = near.view(torch.uint8).argmax(-1)  # first near-maximal action (bool viewed as bytes, no copy)
     if current is not None:
         keep = near.gather(-1, current.unsqueeze(-1)).squeeze(-1)
         choice = torch.where(keep, current, choice)
@@ -194,15 +196,17 @@ def policy_iteration(
     max_iter: int = 1000,
     warm_start: int | None = None,
     occupancy: bool = True,
+    init_policy: torch.Tensor | None = None,
 ) -> ExactSolution:
     """Exact solution of a discounted MDP by Howard's policy iteration.
 
     Evaluation is exact (:func:`_evaluate`): repeated squaring of the successor map for
     deterministic MDPs, else a batched LU solve of ``(I - gamma P_pi) V = c_pi``. Improvement is
-    greedy with the tie rule of the module docstring. The first policy is greedy after
-    ``warm_start`` sweeps of value iteration (default 20 for stochastic MDPs, none for deterministic
-    ones, whose evaluation is cheap), and each later round re-evaluates only the entries whose policy
-    changed. It stops when no policy changes, which certifies optimality.
+    greedy with the tie rule of the module docstring. The first policy is ``init_policy`` if given,
+    else greedy after ``warm_start`` sweeps of value iteration (default 20 for stochastic MDPs, none
+    for deterministic ones, whose evaluation is cheap), and each later round re-evaluates only the
+    entries whose policy changed. It stops when no policy changes, which certifies optimality (the
+    values do not depend on the start; among tied optimal actions the start's is kept).
 
     Args:
         mdp: A discounted MDP (``gamma < 1``).
@@ -211,14 +215,19 @@ def policy_iteration(
         max_iter: Raise if the policies have not converged after this many improvements.
         warm_start: Value-iteration sweeps before the first policy (default: 0 if deterministic, else 20).
         occupancy: Also compute the occupancy of the optimal policy (else ``None``).
+        init_policy: First policy, action indices broadcastable to ``[B, S]`` (e.g. from
+            :func:`mean_reward_policy`); a good start saves most of the improvement rounds.
     """
     if mdp.gamma >= 1.0:
         raise ValueError("policy_iteration needs a discount gamma < 1")
     B, S, A = c.shape
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
-    for _ in range((0 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
-        V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
-    pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
+    if init_policy is not None:
+        pi = _check_policy(init_policy, (B, S), A).to(c.device).expand(B, S).clone()
+    else:
+        for _ in range((0 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
+            V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
+        pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
     active = torch.arange(B, device=c.device)
     lu: tuple[torch.Tensor, ...] | None = None
     for _ in range(max_iter):
@@ -248,12 +257,51 @@ def policy_iteration(
     return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
 
 
+def _check_policy(policy: torch.Tensor, shape: tuple[int, ...], A: int) -> torch.Tensor:
+    """Validates a start policy: integer action indices in ``[0, A)`` broadcastable to ``shape``."""
+    if not isinstance(policy, torch.Tensor) or policy.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"init_policy must be an integer tensor of action indices, got {policy!r:.80}")
+    try:
+        torch.broadcast_shapes(policy.shape, shape)
+    except RuntimeError:
+        raise ValueError(f"init_policy of shape {tuple(policy.shape)} does not broadcast to {shape}") from None
+    if policy.numel() and (policy.min() < 0 or policy.max() >= A):
+        raise ValueError(f"init_policy actions must lie in [0, {A}), got values in [{int(policy.min())}, {int(policy.max())}]")
+    return policy.long()
+
+
+def mean_reward_policy(mdp: TabularMDP, c: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
+    """Optimal policy for the mean of ``c`` over the batch dimensions ``dims`` (kept with size 1).
+
+    A start for policy iteration (``init_policy`` of :func:`solve_exact`) when many reward tensors
+    share most of their structure, e.g. the ``n + 1`` problems of many profiles under one grid
+    candidate whose large boosts dominate the agents' rewards: most of them are then optimal at the
+    start or one round later (grid search on the gridworld: 2.3x faster). Where the optimal policy
+    varies with the profile (small boosts, e.g. VCG) it does not help; the default start is better.
+    ``None`` for acyclic MDPs, which backward induction solves without a start.
+
+    Args:
+        mdp: The MDP.
+        c: Rewards ``[..., S, A]``.
+        dims: Leading dimensions to average over (negative indices count from the end of the batch).
+    """
+    if mdp.levels is not None:
+        return None
+    lead = c.dim() - 2
+    for d in dims:
+        if not -lead <= d < lead:
+            raise ValueError(f"dims must index the {lead} batch dimensions of c, got {d}")
+    mean = c.mean(tuple(d % lead for d in dims), keepdim=True) if dims else c
+    return solve_exact(mdp, mean, check_finite=False, occupancy=False).policy
+
+
 def solve_exact(
     mdp: TabularMDP,
     c: torch.Tensor,
     tie_tol: float = TIE_TOL,
     check_finite: bool = True,
     occupancy: bool = True,
+    init_policy: torch.Tensor | None = None,
 ) -> ExactSolution:
     """Solves the follower's problem exactly for every reward tensor in the batch.
 
@@ -265,6 +313,9 @@ def solve_exact(
         occupancy: Also compute the optimal occupancies (callers that need them for a few entries
             only, e.g. the full problem but not the ``n`` problems without an agent, can pass
             ``False`` and call :func:`occupancy_of_policy` on those policies).
+        init_policy: First policy of policy iteration (discounted MDPs), action indices
+            broadcastable to ``c.shape[:-1]`` (see :func:`mean_reward_policy`); ignored by backward
+            induction.
 
     Returns:
         An :class:`ExactSolution` whose tensors carry the leading dimensions of ``c``
@@ -276,7 +327,10 @@ def solve_exact(
     if mdp.levels is not None:
         sol = backward_induction(mdp, flat, tie_tol, occupancy=occupancy)
     else:
-        sol = policy_iteration(mdp, flat, tie_tol, occupancy=occupancy)
+        if init_policy is not None:
+            init_policy = _check_policy(init_policy, lead + (mdp.num_states,), mdp.num_actions)
+            init_policy = init_policy.expand(*lead, mdp.num_states).reshape(-1, mdp.num_states)
+        sol = policy_iteration(mdp, flat, tie_tol, occupancy=occupancy, init_policy=init_policy)
     return ExactSolution(
         sol.value.reshape(lead),
         sol.values.reshape(*lead, -1),

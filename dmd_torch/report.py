@@ -5,9 +5,10 @@ A sweep (``python scripts/train.py -m +experiment=table1``, see ``docs/sweeps.md
 paper's cells (setting, ``n``, ``m``) and methods, and writes per table
 
 * ``table<k>.md``: the paper's layout -- n, m, VCG, grid, zeroth order, regularized LP, best
-  improvement -- each of our figures as ``mean ± standard error`` with the paper's published figure
-  in parentheses, the known optimum and optimality ratio for the sales tables, and the wall time of
-  each run;
+  improvement -- plus a column per further method variant that was run (e.g. ``reg_lp_tuned``,
+  after the paper's three; it has no published figure), each of our figures as
+  ``mean ± standard error`` with the paper's published figure in parentheses, the known optimum and
+  optimality ratio for the sales tables, and the wall time of each run;
 * ``table<k>.csv``: the same, one column per quantity (empty field = missing);
 * ``table<k>.png``: our means (bars with standard errors) against the paper's (black ticks).
 
@@ -15,7 +16,7 @@ The published figures are package data (``dmd_torch/data/paper_tables.csv``, cit
 ``dmd_torch/data/README.md``), read with :mod:`importlib.resources`.
 
 Sign convention of "best improvement" (the paper's): ``100 * (best - VCG) / |VCG|`` where *best* is
-the best of the three methods' means in the objective's direction (highest revenue, lowest
+the best of our methods' means in the objective's direction (highest revenue, lowest
 makespan). Revenue gains are therefore positive and makespan gains negative, exactly as the paper
 prints them (Tables 3 and 4: "-11.65%" is an 11.65% shorter makespan). This differs from the
 ``improvement_pct`` field of ``results.json``, which is positive-is-better for both objectives; the
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import logging
 import math
@@ -48,6 +50,7 @@ from dmd_torch.storage import atomic_write
 
 __all__ = [
     "METHODS",
+    "table_methods",
     "VCG_Z_MAX",
     "MIN_OPTIMALITY_RATIO",
     "METHOD_LABELS",
@@ -75,10 +78,15 @@ log = logging.getLogger(__name__)
 #: The paper's methods, in the tables' column order.
 METHODS: tuple[str, ...] = ("grid", "zeroth_order", "reg_lp")
 
-#: Column titles of the methods.
-METHOD_LABELS: dict[str, str] = {"grid": "grid", "zeroth_order": "zeroth order", "reg_lp": "regularized LP"}
+#: Column titles of the methods (and of this library's variants; any other variant is titled by its name).
+METHOD_LABELS: dict[str, str] = {
+    "grid": "grid",
+    "zeroth_order": "zeroth order",
+    "reg_lp": "regularized LP",
+    "reg_lp_tuned": "regularized LP (tuned)",
+}
 
-_SHORT = {"grid": "grid", "zeroth_order": "ZO", "reg_lp": "reg. LP"}
+_SHORT = {"grid": "grid", "zeroth_order": "ZO", "reg_lp": "reg. LP", "reg_lp_tuned": "reg. LP tuned"}
 
 #: Keys a finished ``results.json`` must have (written by :func:`dmd_torch.app.run`).
 REQUIRED_KEYS: tuple[str, ...] = (
@@ -187,7 +195,7 @@ class RunRecord:
         setting: Reference key.
         n: ``env.n_agents``.
         m: ``env.size``.
-        method: Method name.
+        method: The run's method label: its ``variant`` (e.g. ``reg_lp_tuned``), else its method name.
         seed: Training seed.
         mean: Evaluated mean objective.
         stderr: Its standard error.
@@ -354,7 +362,7 @@ def load_run(path: str | os.PathLike) -> RunRecord:
         setting=str(data["setting"]),
         n=int(env["n_agents"]),
         m=int(env["size"]),
-        method=str(data["method"]),
+        method=str(data.get("variant") or data["method"]),
         seed=int(data["seed"]),
         mean=float(data["mean"]),
         stderr=float(data["stderr"]),
@@ -456,7 +464,7 @@ def best_improvement(runs: Mapping[str, RunRecord], maximize: bool) -> tuple[str
     """Our best method of a cell and its improvement over VCG (paper's sign convention).
 
     Args:
-        runs: The cell's runs by method (any subset of :data:`METHODS`).
+        runs: The cell's runs by method label (the paper's :data:`METHODS` and any variants).
         maximize: ``True`` for revenue (best = highest mean), ``False`` for makespan (lowest).
 
     Returns:
@@ -505,9 +513,7 @@ def build_rows(
             continue
         row.vcg_mean, row.vcg_stderr = runs[0].vcg_mean, runs[0].vcg_stderr
         row.vcg_consistent = all(abs(r.vcg_mean - runs[0].vcg_mean) <= 1e-9 for r in runs)
-        row.best_method, row.best_improvement = best_improvement(
-            {k: r for k, r in row.runs.items() if k in METHODS}, spec.maximize
-        )
+        row.best_method, row.best_improvement = best_improvement(row.runs, spec.maximize)
         p = row.paper
         if p is not None:
             combined = math.hypot(row.vcg_stderr, spec.paper_stderr_bound)
@@ -526,6 +532,20 @@ def build_rows(
 
 
 # -------------------------------------------------------------------------------------- rendering
+
+
+def table_methods(rows: Sequence[Row]) -> tuple[str, ...]:
+    """The method columns of a table: the paper's :data:`METHODS`, then the other variants run, sorted."""
+    extra = sorted({k for row in rows for k in row.runs} - set(METHODS))
+    return (*METHODS, *extra)
+
+
+def _label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+def _short(method: str) -> str:
+    return _SHORT.get(method, method)
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -549,7 +569,7 @@ def _duration(seconds: float | None) -> str:
 
 
 def _paper_text(row: Row, column: str) -> str:
-    return row.paper.text[column] if row.paper is not None else _MISSING
+    return row.paper.text[column] if row.paper is not None and column in row.paper.text else _MISSING
 
 
 def _ours(mean: float | None, stderr: float | None, bold: bool = False) -> str:
@@ -566,10 +586,11 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     bold. Missing runs show "—"; an undefined relative improvement (VCG revenue 0) shows "N/A".
     """
     better = "higher" if spec.maximize else "lower"
-    head = ["n", "m", "VCG", *(METHOD_LABELS[k] for k in METHODS), "best improvement"]
+    methods = table_methods(rows)
+    head = ["n", "m", "VCG", *(_label(k) for k in methods), "best improvement"]
     if spec.has_known_optimum:
         head += ["known optimum", "optimality ratio"]
-    head.append("wall time (" + " / ".join(_SHORT[k] for k in METHODS) + ")")
+    head.append("wall time (" + " / ".join(_short(k) for k in methods) + ")")
     lines = [
         f"# Table {spec.number}: {spec.title}",
         "",
@@ -586,14 +607,14 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
             vcg += "*"
             inconsistent = True
         cells = [str(row.n), str(row.m), f"{vcg} ({_paper_text(row, 'vcg')})"]
-        for k in METHODS:
+        for k in methods:
             rec = row.runs.get(k)
             ours = _ours(rec.mean, rec.stderr, bold=k == row.best_method) if rec else _MISSING
             cells.append(f"{ours} ({_paper_text(row, k)})")
         if row.best_method is None:
             ours_imp = _MISSING
         else:
-            ours_imp = f"{_pct(row.best_improvement)} [{_SHORT[row.best_method]}]"
+            ours_imp = f"{_pct(row.best_improvement)} [{_short(row.best_method)}]"
         paper_imp = _MISSING if row.paper is None else _pct(row.paper.best_improvement)
         cells.append(f"{ours_imp} ({paper_imp})")
         if spec.has_known_optimum:
@@ -601,7 +622,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
             opt = _ours(row.known_optimum, row.known_optimum_stderr) if row.known_optimum is not None else _MISSING
             cells.append(f"{opt} ({_fmt(ref, 5)})")
             cells.append(_fmt(row.optimality_ratio, 3))
-        cells.append(" / ".join(_duration(row.runs[k].runtime_seconds) if k in row.runs else _MISSING for k in METHODS))
+        cells.append(" / ".join(_duration(row.runs[k].runtime_seconds) if k in row.runs else _MISSING for k in methods))
         lines.append("| " + " | ".join(cells) + " |")
     records = [r for row in rows for r in row.runs.values()]
     profiles = sorted({r.eval_profiles for r in records if r.eval_profiles is not None})
@@ -613,9 +634,10 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         "positive = more revenue than VCG" if spec.maximize
         else "negative = shorter makespan than VCG, i.e. better, as the paper prints it"
     )
+    variants = [k for k in methods if k not in METHODS]
     notes = [
         "",
-        f"* Best improvement: 100 · (best − VCG) / |VCG| with best = the {better} mean of the three methods "
+        f"* Best improvement: 100 · (best − VCG) / |VCG| with best = the {better} mean of our methods "
         f"({imp_sign}); our best method in brackets. N/A: VCG's mean is 0. —: no run.",
         f"* Ours: {len(records)} run(s); evaluation on {', '.join(map(str, profiles)) or '?'} fresh profiles "
         f"per run (paper: 10000); training seed(s) {', '.join(map(str, seeds)) or '—'}; "
@@ -623,6 +645,11 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         + (f"; grid: {', '.join(map(str, budgets))} Sobol points per run (paper: 10000)." if budgets else "."),
         f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; runtime {paper_hours}.",
     ]
+    if variants:
+        notes.append(
+            f"* {', '.join(_label(k) for k in variants)}: this library's configuration(s) of a method "
+            "(conf/method/<name>.yaml), not in the paper (no published figure); counted in our best."
+        )
     if spec.has_known_optimum:
         notes.append(
             "* Known optimum: the optimal (Myerson) mechanism's revenue on our evaluation profiles (reference value "
@@ -643,7 +670,7 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
     def cell(row: Row) -> str:
         return f"n={row.n} m={row.m}"
 
-    def line(title: str, done: list[Row], failed: list[tuple[Row, str]]) -> str:
+    def line(title: str, done: Sequence[Any], failed: list[tuple[Row, str]]) -> str:
         text = f"* Check, {title}: {len(done) - len(failed)}/{len(done)} cells"
         if failed:
             text += "; short: " + "; ".join(f"{cell(r)} ({why})" for r, why in failed)
@@ -662,6 +689,18 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
         opt = [r for r in rows if r.optimality_ratio is not None]
         notes.append(line(f"optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", opt,
                           [(r, f"{r.optimality_ratio:.3f}") for r in opt if r.optimality_ratio < MIN_OPTIMALITY_RATIO]))
+    if any(k not in METHODS for r in rows for k in r.runs):  # the same checks without the variants
+        pick = max if spec.maximize else min
+        paper_only = [(r, pick(r.runs[k].mean for k in METHODS if k in r.runs)) for r in rows
+                      if any(k in r.runs for k in METHODS)]
+        gap = [(r, b) for r, b in paper_only if r.paper_best is not None]
+        notes.append(line("with the paper's three methods only, our best at least as good as the paper's best", gap,
+                          [(r, f"{b:.4f} vs {r.paper_best:.4f}") for r, b in gap
+                           if (b < r.paper_best if spec.maximize else b > r.paper_best)]))
+        if spec.has_known_optimum:
+            ratio = [(r, b / r.known_optimum) for r, b in paper_only if r.known_optimum]
+            notes.append(line(f"with the paper's three methods only, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}",
+                              ratio, [(r, f"{x:.3f}") for r, x in ratio if x < MIN_OPTIMALITY_RATIO]))
     return notes
 
 
@@ -679,8 +718,9 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     known_optimum_reference, optimality_ratio, vcg_z, paper_best, best_gap`` (see :class:`Row`). Improvements use the paper's sign convention (see
     the module docstring). Missing values are empty fields.
     """
+    methods = table_methods(rows)
     header = ["table", "setting", "objective", "n", "m", "vcg", "vcg_stderr", "vcg_paper"]
-    for k in METHODS:
+    for k in methods:
         header += [k, f"{k}_stderr", f"{k}_paper", f"{k}_improvement_pct", f"{k}_optimality_ratio",
                    f"{k}_runtime_seconds", f"{k}_steps", f"{k}_seed", f"{k}_run_dir"]
     header += ["best_method", "best_improvement_pct", "best_improvement_pct_paper", "known_optimum",
@@ -693,12 +733,13 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
         p = row.paper
         line = [str(spec.number), spec.setting, spec.objective, str(row.n), str(row.m),
                 _num(row.vcg_mean), _num(row.vcg_stderr), p.text["vcg"] if p else ""]
-        for k in METHODS:
+        for k in methods:
             rec = row.runs.get(k)
+            paper = p.text.get(k, "") if p else ""
             if rec is None:
-                line += ["", "", p.text[k] if p else "", "", "", "", "", "", ""]
+                line += ["", "", paper, "", "", "", "", "", ""]
                 continue
-            line += [_num(rec.mean), _num(rec.stderr), p.text[k] if p else "",
+            line += [_num(rec.mean), _num(rec.stderr), paper,
                      _num(improvement_pct(rec.mean, rec.vcg_mean)), _num(rec.optimality_ratio),
                      _num(rec.runtime_seconds), _num(rec.steps), _num(rec.seed), str(rec.path.parent)]
         line += [row.best_method or "", _num(row.best_improvement), _num(p.best_improvement) if p else "",
@@ -709,18 +750,22 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
-_COLORS = {"vcg": "0.6", "grid": "tab:purple", "zeroth_order": "tab:blue", "reg_lp": "tab:orange"}
+_COLORS = {"vcg": "0.6", "grid": "tab:purple", "zeroth_order": "tab:blue", "reg_lp": "tab:orange",
+           "reg_lp_tuned": "tab:green"}
+_MORE_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 
 
 def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) -> Path:
-    """Writes a PNG of table ``spec``: per cell, our means of VCG and the three methods as bars
+    """Writes a PNG of table ``spec``: per cell, our means of VCG and each method as bars
     (with standard errors), the paper's published figures as black ticks, and the known optimum
     (sales tables) as a red dotted line. The file is written whole (write then rename).
 
     Returns:
         The written path.
     """
-    series = ("vcg", *METHODS)
+    series = ("vcg", *table_methods(rows))
+    colors = dict(_COLORS)
+    colors.update(zip([k for k in series if k not in colors], itertools.cycle(_MORE_COLORS)))
     width = 0.8 / len(series)
     fig = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2.0), 4.6))
     ax = fig.subplots()
@@ -733,8 +778,8 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
                 rec = row.runs.get(col)
                 mean, se = (rec.mean, rec.stderr) if rec else (None, None)
             if mean is not None:
-                ax.bar(x, mean, width * 0.92, yerr=se, color=_COLORS[col], capsize=2, ecolor="k")
-            if row.paper is not None:
+                ax.bar(x, mean, width * 0.92, yerr=se, color=colors[col], capsize=2, ecolor="k")
+            if row.paper is not None and col in row.paper.values:
                 ax.plot([x - width / 2, x + width / 2], [row.paper.values[col]] * 2, color="k", lw=2)
         if not row.runs:
             ax.annotate("no run", (i, 0), xytext=(0, 3), textcoords="offset points", ha="center",
@@ -748,7 +793,7 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
     ax.set_ylabel(f"{spec.objective} ({better} is better)")
     ax.set_title(f"Table {spec.number}: {spec.title}", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    handles = [Patch(color=_COLORS[c], label="VCG" if c == "vcg" else METHOD_LABELS[c]) for c in series]
+    handles = [Patch(color=colors[c], label="VCG" if c == "vcg" else _label(c)) for c in series]
     handles.append(Line2D([], [], color="k", lw=2, label="paper"))
     if spec.has_known_optimum:
         handles.append(Line2D([], [], color="tab:red", ls=":", lw=1.5, label="known optimum"))

@@ -61,7 +61,9 @@ def test_defaults_carry_the_paper_hyperparameters():
     reg = _compose(["method=reg_lp"]).method
     assert (reg.alpha, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.01, 20, 0.01, "auto")
     tuned = _compose(["method=reg_lp_tuned"]).method
-    assert (tuned.name, tuned.alpha, tuned.optimizer.lr, tuned.profiles_per_step) == ("reg_lp", 0.03, 0.03, 20)
+    assert (tuned.name, tuned.alpha, tuned.alpha_final, tuned.optimizer.lr, tuned.profiles_per_step) == ("reg_lp", 0.05, 0.02, 0.03, 20)
+    assert reg.alpha_final is None  # the paper's alpha throughout
+    assert (tuned.variant, reg.variant) == ("reg_lp_tuned", "reg_lp")  # labels: output directory, report column
     zo = _compose(["method=zeroth_order"]).method
     assert (zo.num_perturbations, zo.sigma, zo.profiles_per_step, zo.optimizer.lr) == (20, 0.05, 20, 0.1)
     grid = _compose(["method=grid"]).method
@@ -91,7 +93,8 @@ def test_run_end_to_end_writes_all_files(tmp_path, env, method, extra):
     for key in ("setting", "env", "method", "seed", "vcg_mean", "vcg_stderr", "mean", "stderr", "improvement_pct",
                 "known_optimum", "optimality_ratio", "runtime_seconds", "steps"):
         assert key in saved, key
-    assert saved["method"] == method and saved["eval_profiles"] == 200 and saved["runtime_seconds"] > 0
+    assert saved["method"] == saved["variant"] == method and saved["eval_profiles"] == 200 and saved["runtime_seconds"] > 0
+    assert "variant" not in saved["method_config"]  # a label, not a setting: relabelling keeps a finished run
     assert saved["setting"] == {"seq_sales_asym": "seq_sales_asym", "seq_sales": "seq_sales_sym",
                                 "scheduling_asym": "scheduling_asym", "gridworld": "gridworld"}[env]
     if env.startswith("seq_sales"):
@@ -134,6 +137,7 @@ def test_tensorboard_records_training_and_hparams(tmp_path):
         (["heldout_profiles=0"], "heldout_profiles"),
         (["eval.profiles=1"], "eval.profiles"),
         (["device=tpu"], "device"),
+        (["method.variant=a/b"], "method.variant must be a non-empty name"),
     ],
 )
 def test_bad_input_fails_before_any_work(tmp_path, overrides, match):
@@ -194,3 +198,10 @@ def test_train_script_bad_input_is_one_line(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.strip() == "error: alpha must be a finite number > 0, got -0.5"
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_variant_labels_the_run(tmp_path):
+    """A method variant (reg_lp_tuned) runs its method and is recorded under its own label."""
+    results, out = _run(tmp_path, ["env.n_agents=2", "method=reg_lp_tuned", *TINY_METHOD["reg_lp"]])
+    assert (results["method"], results["variant"]) == ("reg_lp", "reg_lp_tuned")
+    assert (results["method_config"]["alpha"], results["method_config"]["alpha_final"]) == (0.05, 0.02)

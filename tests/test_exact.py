@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmd_torch import make_env
-from dmd_torch.exact import occupancy_of_policy, solve_exact, solve_lp_highs
+from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, solve_exact, solve_lp_highs
 from tests.helpers import random_discounted_mdp, random_layered_mdp
 
 
@@ -79,3 +79,46 @@ def test_occupancy_of_policy_cyclic_matches_acyclic_formula(gen):
     pi = torch.randint(0, 2, (3, 5), generator=gen)
     nu = occupancy_of_policy(mdp, pi)
     assert torch.allclose(nu.sum((-2, -1)), torch.full((3,), 1 / 0.3, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_policy_iteration_start_does_not_change_the_solution(gen, deterministic):
+    """Any start policy (random, or the mean-reward policy) gives the optimal values and nu."""
+    if deterministic:
+        mdp = make_env("gridworld", n_agents=2, size=3).mdp
+    else:
+        mdp = random_discounted_mdp(gen, S=6, A=3, gamma=0.9)
+    S, A = mdp.shape
+    c = torch.randn(4, 5, S, A, generator=gen, dtype=torch.float64)
+    ref = solve_exact(mdp, c)
+    starts = [
+        torch.randint(0, A, (4, 5, S), generator=gen),  # one start per entry
+        torch.randint(0, A, (S,), generator=gen),  # broadcast to every entry
+        mean_reward_policy(mdp, c, (1,)),  # [4, 1, S]
+    ]
+    for start in starts:
+        sol = solve_exact(mdp, c, init_policy=start)
+        torch.testing.assert_close(sol.values, ref.values, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(sol.occupancy, ref.occupancy, atol=1e-10, rtol=1e-10)
+
+
+def test_mean_reward_policy(gen):
+    env = make_env("gridworld", n_agents=2, size=3)
+    c = torch.randn(3, 7, 2, *env.mdp.shape, generator=gen, dtype=torch.float64)
+    start = mean_reward_policy(env.mdp, c, (1, -1))
+    assert start.shape == (3, 1, 1, env.mdp.num_states)
+    assert torch.equal(start[:, 0, 0], solve_exact(env.mdp, c.mean((1, 2))).policy)
+    assert mean_reward_policy(make_env("seq_sales").mdp, torch.zeros(2, *make_env("seq_sales").mdp.shape), (0,)) is None
+    with pytest.raises(ValueError, match="batch dimensions"):
+        mean_reward_policy(env.mdp, c, (3,))
+
+
+def test_bad_start_policy_is_rejected(gen):
+    mdp = make_env("gridworld", n_agents=2, size=3).mdp
+    c = torch.randn(2, *mdp.shape, generator=gen, dtype=torch.float64)
+    with pytest.raises(TypeError, match="integer tensor"):
+        solve_exact(mdp, c, init_policy=torch.zeros(mdp.num_states))
+    with pytest.raises(ValueError, match=r"lie in \[0, 4\)"):
+        solve_exact(mdp, c, init_policy=torch.full((mdp.num_states,), 4))
+    with pytest.raises(ValueError, match="does not broadcast"):
+        solve_exact(mdp, c, init_policy=torch.zeros(3, mdp.num_states, dtype=torch.long))

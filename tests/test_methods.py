@@ -178,7 +178,7 @@ def test_direct_loss_is_envelope_gradient_and_zero_for_makespan():
     out = ama.outcome(types)
     # direct part + response part = -revenue at the exact solution
     total = direct_loss(ama, r, nu) + response_loss(setting, types, r, nu[:, 0]).mean()
-    assert float(total) == pytest.approx(-float(out.revenue.mean()), rel=1e-10)
+    assert float(total.detach()) == pytest.approx(-float(out.revenue.mean()), rel=1e-10)
     sched = make_env("scheduling", n_agents=2, size=2)
     a2 = AMA(sched)
     t2 = _heldout(sched, 5)
@@ -254,6 +254,27 @@ def test_multistart_from_grid_keeps_best_start():
     assert method.total_work() == 16 + 3 * 4
 
 
+def test_annealed_alpha_reaches_the_forward_pass(monkeypatch):
+    """alpha_t runs geometrically from alpha to alpha_final over each start, and each step's
+    forward pass gets that step's alpha."""
+    method = RegularizedLP(steps=5, eval_every=5, alpha=0.08, alpha_final=0.005, multistart={"starts": 2})
+    assert [method.alpha_at(t) for t in (1, 5)] == pytest.approx([0.08, 0.005])
+    assert method.alpha_at(3) == pytest.approx(math.sqrt(0.08 * 0.005))
+    assert RegularizedLP(alpha=0.03).alpha_at(4) == 0.03  # no alpha_final: constant
+    seen: list[float] = []
+    forward = AMA.forward
+
+    def spy(self, types, alpha=0.01, **kwargs):
+        seen.append(alpha)
+        return forward(self, types, alpha=alpha, **kwargs)
+
+    monkeypatch.setattr(AMA, "forward", spy)
+    setting = make_env("seq_sales", n_agents=2, size=2)
+    method.run(AMA(setting), heldout=_heldout(setting, 50), seed=0)
+    expected = [method.alpha_at(t) for t in range(1, 6)]
+    assert seen == pytest.approx(expected * 2)
+
+
 def test_random_multistart_and_cvxpylayers_backend():
     setting = make_env("seq_sales", n_agents=2, size=2)
     held = _heldout(setting, 100)
@@ -269,6 +290,7 @@ def test_random_multistart_and_cvxpylayers_backend():
         ("reg_lp", {"optimizer": {"name": "SGD", "lr": -0.1}}, "lr"),
         ("reg_lp", {"alpha": -0.01}, "alpha"),
         ("reg_lp", {"alpha": 0}, "alpha"),
+        ("reg_lp", {"alpha_final": -0.001}, "alpha_final"),
         ("reg_lp", {"profiles_per_step": 0}, "profiles_per_step"),
         ("reg_lp", {"backend": "mosek"}, "allowed: auto, tree, newton, cvxpylayers"),
         ("reg_lp", {"optimizer": {"name": "Adamm"}}, "allowed: .*Adam"),

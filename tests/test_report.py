@@ -44,8 +44,8 @@ _ENVS = {
 
 def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: float, *,
                  stderr: float = 0.003, vcg_stderr: float = 0.004, optimum: float | None = None,
-                 runtime: float = 600.0, seed: int = 0) -> dict:
-    """A results.json as dmd_torch.app.run writes it."""
+                 runtime: float = 600.0, seed: int = 0, variant: str | None = None) -> dict:
+    """A results.json as dmd_torch.app.run writes it (``variant``: a labelled configuration of ``method``)."""
     name, dist, objective, maximize = _ENVS[setting]
     env = {"name": name, "n_agents": n, "size": m, "distribution": dist}
     if name == "gridworld":
@@ -56,6 +56,7 @@ def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: fl
         "env": env,
         "env_options": {},
         "method": method,
+        "variant": variant or method,
         "method_config": {"name": method},
         "seed": seed,
         "objective": objective,
@@ -83,7 +84,7 @@ def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: fl
 
 def put(root: Path, data: dict, subdir: str | None = None) -> Path:
     env = data["env"]
-    d = root / (subdir or f"n{env['n_agents']}_m{env['size']}/{data['method']}")
+    d = root / (subdir or f"n{env['n_agents']}_m{env['size']}/{data['variant']}")
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps(data, indent=2))
     return d
@@ -242,7 +243,9 @@ def test_reproduction_checks(table1_runs, tmp_path):
     assert r32.paper_best == 0.6777 and r32.best_gap == pytest.approx(0.6801 - 0.6777)
     assert r22.best_gap == pytest.approx(0.4911 - 0.4939)  # short of the paper's zeroth order
     assert rows[(5, 2)].vcg_z is None and rows[(5, 2)].best_gap is None  # no run
+    assert r43.optimality_ratio == pytest.approx(0.9120 / 0.9870)
     md = render_markdown(spec, list(rows.values()))
+    assert "three methods only" not in md  # no variant run: no separate check
     assert "combined standard errors of the published one (ours and the caption's bound 0.007): 3/3 cells." in md
     assert "paper's best method: 2/3 cells; short: n=2 m=2 (0.4911 vs 0.4939)." in md
     assert (f"optimality ratio >= 0.99: 0/3 cells; short: n=2 m=2 ({0.4911 / 0.5001:.3f}); "
@@ -400,3 +403,31 @@ def test_make_tables_cli(table1_runs, tmp_path):
     assert proc.returncode == 1 and "no results.json" in proc.stderr
     proc = _cli(tmp_path / "nowhere")
     assert proc.returncode == 2 and "no such directory" in proc.stderr
+
+
+def test_method_variant_is_an_extra_column_counted_in_the_best(table1_runs, tmp_path):
+    """A variant run (reg_lp_tuned) gets its own column after the paper's three, no published figure,
+    and counts for the best method, the improvement and the optimality ratio."""
+    put(table1_runs, fake_results("seq_sales_sym", 3, 2, "reg_lp", 0.7150, 0.5001, optimum=0.7188, runtime=30.0,
+                                  variant="reg_lp_tuned"))
+    spec = TABLES[1]
+    rows = build_rows(spec, collect_results(table1_runs))
+    assert report.table_methods(rows) == (*METHODS, "reg_lp_tuned")
+    r32 = next(r for r in rows if (r.n, r.m) == (3, 2))
+    assert r32.best_method == "reg_lp_tuned" and r32.optimality_ratio == pytest.approx(0.7150 / 0.7188)
+    assert r32.runs["reg_lp"].mean == 0.6750  # the paper's configuration keeps its own column
+    md = render_markdown(spec, rows)
+    header = _md_row(md.replace("| n | m |", "| 0 | 0 |"), 0, 0)
+    assert header[3:8] == ["grid", "zeroth order", "regularized LP", "regularized LP (tuned)", "best improvement"]
+    cells = _md_row(md, 3, 2)
+    assert cells[6] == "**0.7150** ± 0.0030 (—)" and cells[7].endswith("[reg. LP tuned] (35.56%)")
+    assert cells[-1] == "25.00 h / 9.0 min / 50.0 min / 30.0 s"
+    assert "regularized LP (tuned): this library's configuration" in md
+    # the checks again without the variant: the paper's methods' own figures stay visible
+    assert "* Check, optimality ratio >= 0.99: 1/3 cells" in md  # n=3 m=2 passes with the variant
+    assert ("* Check, with the paper's three methods only, optimality ratio >= 0.99: 0/3 cells; short: "
+            f"n=2 m=2 ({0.4911 / 0.5001:.3f}); n=3 m=2 ({0.6801 / 0.7188:.3f}); n=4 m=3 ({0.9120 / 0.9870:.3f}).") in md
+    c32 = _csv_rows(table_csv(spec, rows))[(3, 2)]
+    assert float(c32["reg_lp_tuned"]) == 0.7150 and c32["reg_lp_tuned_paper"] == "" and c32["best_method"] == "reg_lp_tuned"
+    png = report.plot_table(spec, rows, tmp_path / "t1.png")
+    assert png.read_bytes()[:8] == PNG_MAGIC

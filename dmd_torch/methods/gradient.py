@@ -87,6 +87,10 @@ class GradientMethod(Method):
             The training estimate of the objective (revenue or loss) on ``types``.
         """
 
+    def begin_step(self, t: int) -> None:
+        """Called before gradient step ``t`` (``1..steps``) of every start; a method with a schedule
+        of its own (e.g. the regularized LP's annealed ``alpha``) updates it here. Default: nothing."""
+
     # ------------------------------------------------------------------ the loop
     def total_work(self) -> int:
         return self.multistart.total_work() + self.multistart.starts * self.steps
@@ -134,6 +138,7 @@ class GradientMethod(Method):
                 if t > 0:
                     types = setting.sample_types(self.profiles_per_step, train_gen).to(ama.boosts.device)
                     optimizer.zero_grad(set_to_none=False)
+                    self.begin_step(t)
                     objective = self.gradient(ama, types, noise_gen)
                     grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None))
                     optimizer.step()

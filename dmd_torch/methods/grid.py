@@ -19,7 +19,7 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import occupancy_of_policy, solve_exact
+from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, solve_exact
 from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.methods.base import (
@@ -100,10 +100,12 @@ def candidate_objectives(
             _check_finite(r, log_weights, boosts)
         if not setting.maximize:
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
-            nu = solve_exact(mdp, c, check_finite=False).occupancy  # [C, P, S, A]
+            start = mean_reward_policy(mdp, c, (1,))  # per candidate (discounted MDPs)
+            nu = solve_exact(mdp, c, check_finite=False, init_policy=start).occupancy  # [C, P, S, A]
             return (setting.loss_vector(types).unsqueeze(0) * nu).sum((-2, -1))
         c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])  # [C, P, n+1, S, A]
-        sol = solve_exact(mdp, c, check_finite=False, occupancy=False)
+        start = mean_reward_policy(mdp, c, (1, 2))  # per candidate (discounted MDPs)
+        sol = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start)
         nu = occupancy_of_policy(mdp, sol.policy[:, :, 0].flatten(0, 1)).view(c.shape[:2] + mdp.shape)
         w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
         _, payments = values_and_payments(r, nu, w, sol.value[:, :, 0], sol.value[:, :, 1:])

@@ -8,6 +8,11 @@ makespan ``<q, nu>``) through the regularized solution (:func:`dmd_torch.regular
 backends ``auto``, ``tree``, ``newton``, ``cvxpylayers``). Any ``torch.optim`` optimizer takes the
 steps. Paper hyperparameters: ``alpha = 0.01``, 20 profiles per step, step size 0.01. Evaluation
 always uses the exact, unregularized inner problem (paper, section 5).
+
+Optionally ``alpha`` is annealed (a continuation in the entropy weight): step ``t`` of ``T`` of each
+start uses ``alpha_t = alpha * (alpha_final / alpha) ** ((t - 1) / (T - 1))``, from a smooth
+follower whose gradients carry information far from the optimum to a sharper one whose
+regularization bias (Theorem 4.3 of the paper bounds it by ``alpha`` times the entropy) is small.
 """
 
 from __future__ import annotations
@@ -34,18 +39,34 @@ class RegularizedLP(GradientMethod):
         alpha: Entropy weight of the follower's problem (paper: 0.01).
         backend: Regularized solver: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``.
         solver_options: Options passed to the backend (e.g. ``tol`` for ``newton``).
+        alpha_final: Entropy weight of each start's last step, reached geometrically from ``alpha``
+            (module docstring); ``None``: ``alpha`` throughout.
     """
 
     name = "reg_lp"
     alpha: float = 0.01
     backend: str = "auto"
     solver_options: dict[str, Any] | None = None
+    alpha_final: float | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self.alpha = check_float("alpha", self.alpha)
+        if self.alpha_final is not None:
+            self.alpha_final = check_float("alpha_final", self.alpha_final)
         check_choice("backend", self.backend, BACKENDS)
         self.solver_options = dict(self.solver_options or {})
+        self._alpha_now = self.alpha
+
+    def alpha_at(self, t: int) -> float:
+        """The entropy weight of gradient step ``t`` (``1..steps``) of a start."""
+        if self.alpha_final is None or self.steps <= 1:
+            return self.alpha
+        frac = min(max(t - 1, 0), self.steps - 1) / (self.steps - 1)
+        return self.alpha * (self.alpha_final / self.alpha) ** frac
+
+    def begin_step(self, t: int) -> None:
+        self._alpha_now = self.alpha_at(t)
 
     def check_setting(self, setting: Setting) -> None:
         super().check_setting(setting)
@@ -63,11 +84,12 @@ class RegularizedLP(GradientMethod):
 
     def hparams(self) -> dict[str, Any]:
         out = super().hparams()
-        out.update(alpha=self.alpha, backend=self.backend)
+        out.update(alpha=self.alpha, alpha_final=self.alpha if self.alpha_final is None else self.alpha_final,
+                   backend=self.backend)
         return out
 
     def gradient(self, ama: AMA, types: torch.Tensor, generator: torch.Generator) -> float:
-        objective = ama(types, alpha=self.alpha, backend=self.backend, **self.solver_options).mean()
+        objective = ama(types, alpha=self._alpha_now, backend=self.backend, **self.solver_options).mean()
         loss = -objective if ama.setting.maximize else objective
         loss.backward()
         return float(objective.detach())
