@@ -84,8 +84,9 @@ def test_sobol_candidates_ranges_and_frozen_parameters():
 def test_grid_returns_best_candidate_by_exact_score(cell):
     setting = SMALL[cell]()
     S, A = setting.mdp.shape
-    # one candidate per solve, the 100 profiles in chunks of 30
-    grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=30 * (setting.n_agents + 1) * S * A)
+    # one candidate per solve, the 100 profiles in chunks of 30 (n + 1 problems per profile for revenue, one for makespan)
+    problems = setting.n_agents + 1 if setting.maximize else 1
+    grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=30 * problems * S * A)
     ama = AMA(setting)
     events: list[StepEvent] = []
     result = grid.run(ama, heldout=_heldout(setting), seed=5, callback=events.append)
@@ -108,7 +109,7 @@ def test_score_candidates_is_independent_of_batching(cell):
     lw, b = sobol_candidates(AMA(setting), 7, seed=3)
     types = setting.sample_types(50, torch.Generator().manual_seed(0))
     S, A = setting.mdp.shape
-    per_profile = (setting.n_agents + 1) * S * A
+    per_profile = (setting.n_agents + 1 if setting.maximize else 1) * S * A  # problems per profile x S x A
     direct = torch.stack([AMA(setting, weights=w.exp(), boosts=bb).outcome(types).objective.mean() for w, bb in zip(lw, b)])
     for elements in (per_profile * 7, per_profile * 50 * 3, per_profile * 50 * 7):  # chunks of 7 profiles; 3 or 7 candidates
         torch.testing.assert_close(score_candidates(setting, lw, b, types, elements), direct, rtol=1e-12, atol=1e-12)

@@ -12,6 +12,7 @@ the ``top_k`` best serve as starting points of the gradient methods (Algorithm 1
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,6 +80,7 @@ def candidate_objectives(
     types: torch.Tensor,
     r: torch.Tensor | None = None,
     check_finite: bool = True,
+    loss: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Exact objective of ``C`` candidate AMAs on ``P`` profiles in one batched solve, ``[C, P]``.
 
@@ -92,6 +94,8 @@ def candidate_objectives(
         types: Type profiles ``[P, n, K]``.
         r: ``setting.rewards(types)`` if already computed.
         check_finite: Reject NaN/inf rewards or parameters (callers that checked them may skip the scan).
+        loss: ``setting.loss_vector(types)`` if already computed (loss settings; it does not depend
+            on the candidate, so callers scoring many candidates compute it once).
     """
     r = setting.rewards(types) if r is None else r
     mdp = setting.mdp
@@ -102,7 +106,8 @@ def candidate_objectives(
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
             start = mean_reward_policy(mdp, c, (1,))  # per candidate (discounted MDPs)
             nu = solve_exact(mdp, c, check_finite=False, init_policy=start).occupancy  # [C, P, S, A]
-            return (setting.loss_vector(types).unsqueeze(0) * nu).sum((-2, -1))
+            q = setting.loss_vector(types) if loss is None else loss
+            return (q.unsqueeze(0) * nu).sum((-2, -1))
         c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])  # [C, P, n+1, S, A]
         start = mean_reward_policy(mdp, c, (1, 2))  # per candidate (discounted MDPs)
         sol = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start)
@@ -122,9 +127,11 @@ def score_candidates(
 ) -> torch.Tensor:
     """Mean exact objective of each candidate on the common profiles ``types``, ``[C]``.
 
-    Each batched solve covers ``candidates x profiles x (n + 1) x S x A <= max_batch_elements``
-    (at least one candidate and one profile): several candidates per solve when the profiles are
-    few, else one candidate on chunks of the profiles (small batches stay in cache and run faster).
+    Each batched solve covers ``candidates x profiles x problems x S x A <= max_batch_elements``
+    (at least one candidate and one profile; ``n + 1`` problems per profile for revenue, one for a
+    loss such as the makespan): several candidates per solve when the profiles are few, else one
+    candidate on chunks of the profiles (small batches stay in cache and run faster). The rewards and
+    the loss vector depend on the profiles only and are computed once.
 
     Args:
         setting: The setting.
@@ -136,17 +143,20 @@ def score_candidates(
     """
     check_int("max_batch_elements", max_batch_elements)
     S, A = setting.mdp.shape
-    per_profile = (setting.n_agents + 1) * S * A
+    per_profile = ((setting.n_agents + 1) if setting.maximize else 1) * S * A
     P = types.shape[0]
     chunk = max(1, min(P, max_batch_elements // per_profile))
     batch = max(1, max_batch_elements // (per_profile * P)) if chunk == P else 1
     r = setting.rewards(types)
     _check_finite(r, log_weights, boosts)
+    with torch.no_grad():
+        q = None if setting.maximize else setting.loss_vector(types)
+    chunks = list(zip(types.split(chunk), r.split(chunk), itertools.repeat(None) if q is None else q.split(chunk)))
     out = []
     for lw, b in zip(log_weights.split(batch), boosts.split(batch)):
         total = sum(
-            candidate_objectives(setting, lw, b, t, rr, check_finite=False).sum(-1)
-            for t, rr in zip(types.split(chunk), r.split(chunk))
+            candidate_objectives(setting, lw, b, t, rr, check_finite=False, loss=qq).sum(-1)
+            for t, rr, qq in chunks
         )
         out.append(total / P)
         if on_batch is not None:
