@@ -276,7 +276,7 @@ def mean_reward_policy(mdp: TabularMDP, c: torch.Tensor, dims: tuple[int, ...]) 
     A start for policy iteration (``init_policy`` of :func:`solve_exact`) when many reward tensors
     share most of their structure, e.g. the ``n + 1`` problems of many profiles under one grid
     candidate whose large boosts dominate the agents' rewards: most of them are then optimal at the
-    start or one round later (grid search on the gridworld: 2.3x faster). Where the optimal policy
+    start or one round later (grid search on the gridworld: 2-3x faster). Where the optimal policy
     varies with the profile (small boosts, e.g. VCG) it does not help; the default start is better.
     ``None`` for acyclic MDPs, which backward induction solves without a start.
 
