@@ -6,7 +6,8 @@ occupancy measures ``nu`` satisfying the flow constraints ``M nu = mu0``, ``nu >
 
 * :func:`backward_induction` for acyclic (finite-horizon) MDPs, one vectorized step per height level;
 * :func:`policy_iteration` for discounted MDPs with cycles, with exact batched linear solves;
-* :func:`solve_exact` dispatches between them;
+* :func:`solve_exact` dispatches between them; :func:`optimal_values` returns the optimal values
+  alone (no policy: cheaper by backward induction, e.g. for the ``n`` problems of ``asw^(-i)``);
 * :func:`solve_lp_highs` solves equation 2 directly with SciPy's HiGHS, one instance at a time, as the
   reference for tests and benchmarks.
 
@@ -32,6 +33,7 @@ __all__ = [
     "backward_induction",
     "policy_iteration",
     "solve_exact",
+    "optimal_values",
     "occupancy_of_policy",
     "mean_reward_policy",
     "solve_lp_highs",
@@ -138,6 +140,20 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
     return out
 
 
+def _level_q(
+    c: torch.Tensor, V: torch.Tensor, idx: slice | torch.Tensor, ns: torch.Tensor | None, pr: torch.Tensor | None
+) -> torch.Tensor:
+    """``Q[B, L, A] = c + sum_k gamma P V(next)`` of one height level (see :attr:`TabularMDP.level_plan`)."""
+    if ns is None:  # height 0: every action terminates
+        return c[:, idx]
+    B, A = c.shape[0], c.shape[-1]
+    L, _, K = ns.shape
+    nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
+    if pr is None:  # one successor with gamma * P = 1
+        return c[:, idx] + nxt[..., 0]
+    return c[:, idx] + (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
+
+
 def backward_induction(
     mdp: TabularMDP, c: torch.Tensor, tie_tol: float = TIE_TOL, occupancy: bool = True
 ) -> ExactSolution:
@@ -158,16 +174,9 @@ def backward_induction(
     V = torch.zeros(B, S, dtype=c.dtype, device=c.device)
     Q = torch.empty_like(c)
     pi = torch.empty(B, S, dtype=torch.long, device=c.device)
-    for idx, ns, pr in mdp.level_plan:
-        if ns is None:  # height 0: every action terminates
-            q = c[:, idx]
-        else:
-            L, _, K = ns.shape
-            nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
-            if pr is None:  # one successor with gamma * P = 1
-                q = c[:, idx] + nxt[..., 0]
-            else:
-                q = c[:, idx] + (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
+    for level in mdp.level_plan:
+        idx = level[0]
+        q = _level_q(c, V, *level)
         a = _greedy(q, tie_tol)
         Q[:, idx], pi[:, idx] = q, a
         V[:, idx] = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
@@ -261,10 +270,9 @@ def _check_policy(policy: torch.Tensor, shape: tuple[int, ...], A: int) -> torch
     """Validates a start policy: integer action indices in ``[0, A)`` broadcastable to ``shape``."""
     if not isinstance(policy, torch.Tensor) or policy.dtype not in (torch.int64, torch.int32):
         raise TypeError(f"init_policy must be an integer tensor of action indices, got {policy!r:.80}")
-    try:
-        torch.broadcast_shapes(policy.shape, shape)
-    except RuntimeError:
-        raise ValueError(f"init_policy of shape {tuple(policy.shape)} does not broadcast to {shape}") from None
+    dims = tuple(policy.shape)
+    if len(dims) > len(shape) or any(d not in (1, t) for d, t in zip(reversed(dims), reversed(shape))):
+        raise ValueError(f"init_policy of shape {dims} does not broadcast to {shape}")
     if policy.numel() and (policy.min() < 0 or policy.max() >= A):
         raise ValueError(f"init_policy actions must lie in [0, {A}), got values in [{int(policy.min())}, {int(policy.max())}]")
     return policy.long()
@@ -338,6 +346,36 @@ def solve_exact(
         sol.policy.reshape(*lead, -1),
         None if sol.occupancy is None else sol.occupancy.reshape(*lead, *mdp.shape),
     )
+
+
+def optimal_values(
+    mdp: TabularMDP,
+    c: torch.Tensor,
+    check_finite: bool = True,
+    init_policy: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Optimal values ``max_nu sum c * nu`` (equation 2) of every reward tensor in the batch, ``[...]``.
+
+    Acyclic MDPs: backward induction with ``V(s) = max_a Q(s, a)``, no policy (one reduction per
+    level instead of the tie-broken argmax of :func:`backward_induction`; the two values agree
+    exactly unless actions tie within the tie tolerance, then within it). Discounted MDPs: the value
+    of :func:`policy_iteration` (from ``init_policy`` if given), which needs the policies anyway.
+
+    Args:
+        mdp: The MDP.
+        c: Rewards ``[..., S, A]``.
+        check_finite: Reject NaN/inf in ``c``.
+        init_policy: Start of policy iteration (discounted MDPs), as in :func:`solve_exact`.
+    """
+    if mdp.levels is None:
+        return solve_exact(mdp, c, check_finite=check_finite, occupancy=False, init_policy=init_policy).value
+    mdp.check_rewards(c, check_finite=check_finite)
+    lead = c.shape[:-2]
+    flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
+    V = torch.zeros(flat.shape[:2], dtype=flat.dtype, device=flat.device)
+    for level in mdp.level_plan:
+        V[:, level[0]] = _level_q(flat, V, *level).amax(-1)
+    return (V @ mdp.mu0).reshape(lead)
 
 
 def solve_lp_highs(mdp: TabularMDP, c: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

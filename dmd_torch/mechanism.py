@@ -26,10 +26,10 @@ from torch import nn
 
 from dmd_torch.checks import check_finite, check_float
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import occupancy_of_policy, solve_exact
+from dmd_torch.exact import occupancy_of_policy, optimal_values, solve_exact
 from dmd_torch.regularized import regularized_occupancy
 
-__all__ = ["AMA", "Outcome", "affine_rewards", "values_and_payments"]
+__all__ = ["AMA", "Outcome", "affine_rewards", "affine_problems", "values_and_payments"]
 
 
 @dataclass
@@ -66,6 +66,27 @@ class Outcome:
         return self.revenue if self.loss is None else self.loss
 
 
+def affine_problems(
+    r: torch.Tensor, weights: torch.Tensor, boosts: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rewards of the full problem ``sum_i w_i r_i + b`` and of the ``n`` problems without each agent.
+
+    All arguments broadcast over leading dimensions (e.g. candidates x profiles). Two tensors, so
+    that callers can solve the full problem (policy needed) apart from the others (values only).
+
+    Args:
+        r: Agent rewards ``[..., n, S, A]``.
+        weights: ``w`` ``[..., n]``.
+        boosts: ``b`` ``[..., S, A]``.
+
+    Returns:
+        ``[..., S, A]`` and ``[..., n, S, A]`` (index ``i``: without agent ``i``, for ``asw^(-i)``).
+    """
+    wr = weights[..., None, None] * r
+    total = wr.sum(-3) + boosts
+    return total, total.unsqueeze(-3) - wr
+
+
 def affine_rewards(
     r: torch.Tensor, weights: torch.Tensor, boosts: torch.Tensor, without: bool = True
 ) -> torch.Tensor:
@@ -80,22 +101,13 @@ def affine_rewards(
         without: Also return the ``n`` problems without each agent.
 
     Returns:
-        ``[..., n + 1, S, A]`` (index 0 the full problem, ``1 + i`` without agent ``i``), or
-        ``[..., S, A]`` (the full problem only) when ``without`` is false.
+        ``[..., n + 1, S, A]`` (index 0 the full problem, ``1 + i`` without agent ``i``; see
+        :func:`affine_problems`), or ``[..., S, A]`` (the full problem only) when ``without`` is false.
     """
-    wr = weights[..., None, None] * r
     if not without:
-        return wr.sum(-3) + boosts
-    if torch.is_grad_enabled() and (wr.requires_grad or boosts.requires_grad):
-        total = wr.sum(-3) + boosts
-        return torch.cat([total.unsqueeze(-3), total.unsqueeze(-3) - wr], dim=-3)
-    # no autograd: write both parts into one buffer (saves the concatenation's extra pass)
-    n = wr.shape[-3]
-    lead = torch.broadcast_shapes(wr.shape[:-3], boosts.shape[:-2])
-    out = torch.empty(*lead, n + 1, *wr.shape[-2:], dtype=torch.result_type(wr, boosts), device=wr.device)
-    torch.add(wr.sum(-3), boosts, out=out[..., 0, :, :])
-    torch.sub(out[..., :1, :, :], wr, out=out[..., 1:, :, :])
-    return out
+        return (weights[..., None, None] * r).sum(-3) + boosts
+    total, minus = affine_problems(r, weights, boosts)
+    return torch.cat([total.unsqueeze(-3), minus], dim=-3)
 
 
 def values_and_payments(
@@ -178,20 +190,25 @@ class AMA(nn.Module):
         return affine_rewards(r, self.weights.to(r), self.boosts.to(r))
 
     def outcome(self, types: torch.Tensor) -> Outcome:
-        """Exact outcome (policy, values, payments, revenue, welfare, loss) for reported types ``[B, n, K]``."""
+        """Exact outcome (policy, values, payments, revenue, welfare, loss) for reported types ``[B, n, K]``.
+
+        The full problem is solved with its policy (:func:`~dmd_torch.exact.solve_exact`), the ``n``
+        problems without each agent for their values only (:func:`~dmd_torch.exact.optimal_values`).
+        """
         self.check_parameters()
         setting = self.setting
         with torch.no_grad():
             r = setting.rewards(types.to(self.boosts.device))
-            sol = solve_exact(setting.mdp, self.affine_rewards(r), check_finite=False, occupancy=False)
-            if not torch.isfinite(sol.value).all():  # NaN/inf rewards propagate into the values
+            total, minus = affine_problems(r, self.weights.to(r), self.boosts.to(r))
+            sol = solve_exact(setting.mdp, total, check_finite=False, occupancy=False)
+            asw, asw_without = sol.value, optimal_values(setting.mdp, minus, check_finite=False)
+            if not (torch.isfinite(asw).all() and torch.isfinite(asw_without).all()):  # NaN/inf rewards propagate
                 raise ValueError(f"setting {setting.name!r} produced NaN or inf rewards for finite types")
-            nu = occupancy_of_policy(setting.mdp, sol.policy[:, 0])  # the n problems without i need no nu
-            asw, asw_without = sol.value[:, 0], sol.value[:, 1:]
+            nu = occupancy_of_policy(setting.mdp, sol.policy)
             V, payments = values_and_payments(r, nu, self.weights.detach(), asw, asw_without)
             loss = None if setting.maximize else (setting.loss_vector(types) * nu).sum((-2, -1))
         return Outcome(
-            policy=sol.policy[:, 0],
+            policy=sol.policy,
             occupancy=nu,
             agent_values=V,
             asw=asw,

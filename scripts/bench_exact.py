@@ -7,6 +7,9 @@
 3. Grid search's batches on the gridworld (a Sobol candidate's ``n + 1`` problems on 2,000
    profiles): policy iteration from its default start against the start of
    :func:`~dmd_torch.exact.mean_reward_policy`, same values checked, and the speed-up.
+4. The same batches on sequential sales: all ``n + 1`` problems solved with their policies against
+   the full problem with its policy and the ``n`` others for their values only
+   (:func:`~dmd_torch.exact.optimal_values`), same values checked, and the speed-up.
 
 Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 20]``
 """
@@ -20,8 +23,8 @@ import torch
 
 from dmd_torch import AMA, make_env
 from dmd_torch.evaluation import objective_values
-from dmd_torch.exact import mean_reward_policy, solve_exact, solve_lp_highs
-from dmd_torch.mechanism import affine_rewards
+from dmd_torch.exact import mean_reward_policy, optimal_values, solve_exact, solve_lp_highs
+from dmd_torch.mechanism import affine_problems, affine_rewards
 from dmd_torch.methods.grid import GridSearch, sobol_candidates
 
 CELLS = [("seq_sales", 5, 3, "symmetric"), ("scheduling", 3, 5, "symmetric"), ("gridworld", 5, 4, "one_cell")]
@@ -92,6 +95,27 @@ def main() -> None:
         assert torch.allclose(times["default"][1], times["mean"][1], rtol=1e-12, atol=1e-12)
         td, tm = times["default"][0], times["mean"][0]
         print(f"{f'gridworld n={n} m={m}':<28}{td:>12.2f} s{tm:>10.2f} s{td / tm:>10.1f}x")
+    print("\nGrid search's n + 1 problems (sequential sales, 4 Sobol candidates x 2000 profiles):")
+    print(f"{'cell':<28}{'all policies':>14}{'values only':>13}{'speed-up':>10}")
+    for n, m, dist in ((3, 2, "symmetric"), (5, 3, "asymmetric")):
+        env = make_env("seq_sales", n_agents=n, size=m, distribution=dist)
+        grid = GridSearch(num_points=4)
+        types = grid.training_profiles(env, args.seed)
+        lw, b = sobol_candidates(AMA(env), grid.num_points, args.seed)
+        r = env.rewards(types)
+        t_all = t_split = 0.0
+        for k in range(grid.num_points):
+            t0 = time.perf_counter()
+            every = solve_exact(env.mdp, affine_rewards(r, lw[k].exp(), b[k]), occupancy=False).value  # [P, n + 1]
+            t_all += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            total, minus = affine_problems(r, lw[k].exp(), b[k])
+            full = solve_exact(env.mdp, total, occupancy=False).value
+            without = optimal_values(env.mdp, minus)
+            t_split += time.perf_counter() - t0
+            assert torch.allclose(every, torch.cat([full.unsqueeze(-1), without], -1), rtol=1e-12, atol=1e-12)
+        label = f"seq_sales {dist} n={n} m={m}"
+        print(f"{label:<28}{t_all:>12.2f} s{t_split:>11.2f} s{t_all / t_split:>9.1f}x")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from dmd_torch import make_env
-from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, solve_exact, solve_lp_highs
+from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, optimal_values, solve_exact, solve_lp_highs
 from tests.helpers import random_discounted_mdp, random_layered_mdp
 
 
@@ -122,3 +122,18 @@ def test_bad_start_policy_is_rejected(gen):
         solve_exact(mdp, c, init_policy=torch.full((mdp.num_states,), 4))
     with pytest.raises(ValueError, match="does not broadcast"):
         solve_exact(mdp, c, init_policy=torch.zeros(3, mdp.num_states, dtype=torch.long))
+
+
+def test_optimal_values_match_the_full_solution(gen):
+    """Values without a policy = the values of solve_exact (hence of HiGHS, tested above), for
+    stochastic finite-horizon, discounted and the settings' MDPs, leading dimensions kept."""
+    mdps = [random_layered_mdp(gen, layers=3, width=3, A=3), random_discounted_mdp(gen, S=5, A=3, gamma=0.8),
+            make_env("seq_sales", n_agents=3, size=3).mdp, make_env("scheduling", n_agents=2, size=3).mdp,
+            make_env("gridworld", n_agents=2, size=3).mdp]
+    for mdp in mdps:
+        c = torch.randn(4, 6, *mdp.shape, generator=gen, dtype=torch.float64)
+        values = optimal_values(mdp, c)
+        assert values.shape == (4, 6)
+        torch.testing.assert_close(values, solve_exact(mdp, c).value, rtol=1e-13, atol=1e-13)
+    with pytest.raises(ValueError, match="NaN"):
+        optimal_values(mdps[2], torch.full((1, *mdps[2].shape), float("nan"), dtype=torch.float64))

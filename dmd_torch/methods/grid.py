@@ -20,8 +20,8 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, solve_exact
-from dmd_torch.mechanism import AMA, affine_rewards, values_and_payments
+from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, optimal_values, solve_exact
+from dmd_torch.mechanism import AMA, affine_problems, affine_rewards, values_and_payments
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.methods.base import (
     Callback,
@@ -108,12 +108,14 @@ def candidate_objectives(
             nu = solve_exact(mdp, c, check_finite=False, init_policy=start).occupancy  # [C, P, S, A]
             q = setting.loss_vector(types) if loss is None else loss
             return (q.unsqueeze(0) * nu).sum((-2, -1))
-        c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])  # [C, P, n+1, S, A]
-        start = mean_reward_policy(mdp, c, (1, 2))  # per candidate (discounted MDPs)
-        sol = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start)
-        nu = occupancy_of_policy(mdp, sol.policy[:, :, 0].flatten(0, 1)).view(c.shape[:2] + mdp.shape)
+        # the full problem [C, P, S, A] needs its policy, the n without each agent [C, P, n, S, A] their values
+        total, minus = affine_problems(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])
+        start = mean_reward_policy(mdp, total, (1,))  # per candidate (discounted MDPs)
+        sol = solve_exact(mdp, total, check_finite=False, occupancy=False, init_policy=start)
+        asw_without = optimal_values(mdp, minus, check_finite=False, init_policy=None if start is None else start.unsqueeze(1))
+        nu = occupancy_of_policy(mdp, sol.policy.flatten(0, 1)).view(total.shape)
         w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
-        _, payments = values_and_payments(r, nu, w, sol.value[:, :, 0], sol.value[:, :, 1:])
+        _, payments = values_and_payments(r, nu, w, sol.value, asw_without)
         return payments.sum(-1)
 
 
