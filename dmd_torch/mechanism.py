@@ -201,7 +201,10 @@ class AMA(nn.Module):
             r = setting.rewards(types.to(self.boosts.device))
             total, minus = affine_problems(r, self.weights.to(r), self.boosts.to(r))
             sol = solve_exact(setting.mdp, total, check_finite=False, occupancy=False)
-            asw, asw_without = sol.value, optimal_values(setting.mdp, minus, check_finite=False)
+            # policy iteration (discounted MDPs) starts the problems without agent i from the full
+            # problem's policy, which differs from theirs only where i's rewards matter
+            asw = sol.value
+            asw_without = optimal_values(setting.mdp, minus, check_finite=False, init_policy=sol.policy.unsqueeze(-2))
             if not (torch.isfinite(asw).all() and torch.isfinite(asw_without).all()):  # NaN/inf rewards propagate
                 raise ValueError(f"setting {setting.name!r} produced NaN or inf rewards for finite types")
             nu = occupancy_of_policy(setting.mdp, sol.policy)
