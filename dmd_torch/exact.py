@@ -34,6 +34,8 @@ __all__ = [
     "policy_iteration",
     "solve_exact",
     "optimal_values",
+    "PolicyOccupancy",
+    "policy_occupancy",
     "occupancy_of_policy",
     "mean_reward_policy",
     "solve_lp_highs",
@@ -72,13 +74,93 @@ def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None
     return choice
 
 
-def occupancy_of_policy(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
-    """State-action occupancy ``nu[B, S, A]`` of deterministic policies ``policy[B, S]``.
+@dataclass
+class PolicyOccupancy:
+    """The occupancy measure ``nu[..., S, A]`` of deterministic policies, kept as a path where it is one.
 
-    Solves ``sum_a nu(s, a) = gamma * inflow(s) + mu0(s)``: by a forward sweep over height levels
-    (acyclic MDPs), by doubling (deterministic MDPs, see :func:`_doubling`), or by a dense linear
-    solve ``(I - gamma P_pi)^T d = mu0``.
+    Where every trajectory is a single path (:attr:`TabularMDP.path_start`, e.g. MDPs whose states
+    are histories), ``nu`` is ``gamma^t`` on the ``t``-th state-action pair of the policy's path and
+    zero elsewhere, so ``<x, nu>`` is a sum of ``H`` entries of ``x`` (:meth:`inner`); elsewhere
+    ``nu`` is stored densely. Built by :func:`policy_occupancy`.
+
+    Attributes:
+        shape: ``(S, A)``.
+        path: Flat indices ``s * A + a`` of each policy's path, ``[..., H]`` (``None``: dense).
+        weights: ``gamma^t``, ``[H]`` (with a path).
+        nu: The dense occupancy ``[..., S, A]`` (without a path; else built by :meth:`dense`).
     """
+
+    shape: tuple[int, int]
+    path: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
+    nu: torch.Tensor | None = None
+
+    def dense(self) -> torch.Tensor:
+        """The occupancy measure ``nu[..., S, A]``."""
+        if self.nu is None:
+            assert self.path is not None and self.weights is not None
+            lead = self.path.shape[:-1]
+            flat = self.weights.new_zeros(*lead, self.shape[0] * self.shape[1])
+            self.nu = flat.scatter_(-1, self.path, self.weights.expand(self.path.shape)).view(*lead, *self.shape)
+        return self.nu
+
+    def inner(self, x: torch.Tensor, extra: int = 0) -> torch.Tensor:
+        """``<x, nu> = sum_{s,a} x(s, a) nu(s, a)`` for ``x[..., E, S, A]``, returning ``[..., E]``.
+
+        Args:
+            x: Its leading dimensions broadcast against the policies'; ``extra`` further dimensions
+                ``E`` (e.g. the agents of rewards ``r[B, n, S, A]``) stand between them and ``(S, A)``.
+            extra: Number of those dimensions.
+        """
+        flat = x.flatten(-2)
+        if self.path is None:
+            assert self.nu is not None
+            nu = self.nu.flatten(-2).to(flat.dtype)
+            nu = nu.view(*nu.shape[:-1], *(1,) * extra, nu.shape[-1])
+            return torch.einsum("...s,...s->...", flat, nu)
+        H = self.path.shape[-1]
+        index = self.path.view(*self.path.shape[:-1], *(1,) * extra, H)
+        lead = torch.broadcast_shapes(index.shape[:-1], flat.shape[:-1])
+        picked = flat.expand(*lead, flat.shape[-1]).gather(-1, index.expand(*lead, H))
+        assert self.weights is not None
+        return picked @ self.weights.to(picked.dtype)
+
+
+def policy_occupancy(mdp: TabularMDP, policy: torch.Tensor) -> PolicyOccupancy:
+    """Occupancy measure of deterministic policies ``policy[..., S]`` (action indices).
+
+    Where every trajectory is one path (:attr:`TabularMDP.path_start`) it is followed from the start,
+    one gather per level (no ``[..., S, A]`` tensor is formed); elsewhere
+    ``sum_a nu(s, a) = gamma * inflow(s) + mu0(s)`` is solved densely: by a forward sweep over
+    height levels (acyclic MDPs), by doubling (deterministic MDPs, see :func:`_doubling`), or by a
+    linear solve ``(I - gamma P_pi)^T d = mu0``.
+    """
+    start = mdp.path_start
+    if start is None:
+        lead = policy.shape[:-1]
+        nu = _dense_occupancy(mdp, policy.reshape(-1, mdp.num_states))
+        return PolicyOccupancy(mdp.shape, nu=nu.view(*lead, *mdp.shape))
+    S, A = mdp.shape
+    H = len(mdp.levels or ())
+    step = mdp.next_states[..., 0].flatten()  # successor of each flat (s, a)
+    state = torch.full(policy.shape[:-1] + (1,), start, dtype=torch.long, device=policy.device)
+    path = torch.empty(*policy.shape[:-1], H, dtype=torch.long, device=policy.device)
+    for t in range(H):
+        sa = state * A + policy.gather(-1, state)
+        path[..., t : t + 1] = sa
+        state = step[sa]
+    weights = mdp.gamma ** torch.arange(H, dtype=mdp.dtype, device=policy.device)
+    return PolicyOccupancy(mdp.shape, path=path, weights=weights)
+
+
+def occupancy_of_policy(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
+    """State-action occupancy ``nu[..., S, A]`` of deterministic policies ``policy[..., S]`` (see
+    :func:`policy_occupancy`)."""
+    return policy_occupancy(mdp, policy).dense()
+
+
+def _dense_occupancy(mdp: TabularMDP, policy: torch.Tensor) -> torch.Tensor:
+    """``nu[B, S, A]`` of ``policy[B, S]`` by a forward sweep, doubling or a linear solve."""
     B, S = policy.shape
     if mdp.levels is not None:
         d = mdp.mu0.expand(B, S).clone()
@@ -124,18 +206,21 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
     where ``gamma^(2^k) / (1 - gamma)`` is below ``1e-18``, i.e. at round-off: this is an exact
     evaluation of the policy, not value iteration.
     """
-    S = policy.shape[1]
-    rows = torch.arange(S, device=policy.device)
-    nxt = mdp.next_states[rows, policy][..., 0]  # [B, S]
-    g = mdp.gamma * mdp.next_probs[rows, policy][..., 0]
+    S, A = mdp.shape
+    flat = policy + torch.arange(0, S * A, A, device=policy.device)  # flat (s, pi(s)) indices [B, S]
+    nxt = mdp.next_states[..., 0].flatten().take(flat)  # [B, S]
+    # with unit transition probabilities g = gamma^(2^k) everywhere: a scalar, no gathers
+    g: torch.Tensor | float = mdp.gamma if mdp._unit_transitions else mdp.gamma * mdp.next_probs[..., 0].flatten().take(flat)
     steps = max(1, math.ceil(math.log2(math.log(1e-18 * (1 - mdp.gamma)) / math.log(mdp.gamma))) + 1)
-    out = x.clone()
+    out = x
     for _ in range(steps):
         if transpose:
             out = out.scatter_add(-1, nxt, g * out)
+        elif isinstance(g, float):
+            out = torch.add(out, out.gather(-1, nxt), alpha=g)
         else:
-            out = out + g * out.gather(-1, nxt)
-        g = g * g.gather(-1, nxt)
+            out = torch.addcmul(out, g, out.gather(-1, nxt))
+        g = g * g if isinstance(g, float) else g * g.gather(-1, nxt)
         nxt = nxt.gather(-1, nxt)
     return out
 
@@ -235,15 +320,15 @@ def policy_iteration(
         pi = _check_policy(init_policy, (B, S), A).to(c.device).expand(B, S).clone()
     else:
         for _ in range((0 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
-            V = (c + mdp.gamma * mdp.expected_next(V)).max(-1).values
-        pi = _greedy(c + mdp.gamma * mdp.expected_next(V), tie_tol)
+            V = mdp.q_values(c, V).amax(-1)
+        pi = _greedy(mdp.q_values(c, V), tie_tol)
     active = torch.arange(B, device=c.device)
     lu: tuple[torch.Tensor, ...] | None = None
     for _ in range(max_iter):
         everyone = active.numel() == B
         ca, pa = (c, pi) if everyone else (c[active], pi[active])
         Va, lu_a = _evaluate(mdp, ca, pa)
-        new = _greedy(ca + mdp.gamma * mdp.expected_next(Va), tie_tol, current=pa)
+        new = _greedy(mdp.q_values(ca, Va), tie_tol, current=pa)
         if everyone:
             V, pi, lu = Va, new, lu_a
         else:
@@ -255,7 +340,7 @@ def policy_iteration(
             break
     else:
         raise RuntimeError(f"policy iteration did not converge in {max_iter} iterations")
-    Q = c + mdp.gamma * mdp.expected_next(V)
+    Q = mdp.q_values(c, V)
     if not occupancy:
         nu = None
     elif lu is None:

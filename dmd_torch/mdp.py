@@ -204,6 +204,30 @@ class TabularMDP:
             plan.append((idx, ns, None if unit else pr))
         return plan
 
+    @cached_property
+    def path_start(self) -> int | None:
+        """The start state where every trajectory is a single path through all height levels, else ``None``.
+
+        That holds for an acyclic MDP with deterministic transitions whose ``mu0`` is a point mass on
+        the top level's state and whose every action at height ``h > 0`` leads to a state at height
+        ``h - 1`` (at height 0 every action ends the episode), e.g. MDPs whose states are histories. A
+        deterministic policy then visits one state per level, so its occupancy is a path of
+        ``len(levels)`` state-action pairs (:func:`dmd_torch.exact.policy_occupancy`).
+        """
+        if self.levels is None or not self.is_deterministic:
+            return None
+        start = int(self.mu0.argmax())
+        if float(self.mu0[start]) != 1.0 or start not in self.levels[-1].tolist():
+            return None
+        height = torch.empty(self.num_states, dtype=torch.long, device=self.device)
+        for h, lvl in enumerate(self.levels):
+            height[lvl] = h
+        inner = height > 0
+        probs, succ = self.next_probs[inner, :, 0], self.next_states[inner, :, 0]
+        if not bool((probs == 1.0).all()) or not bool((height[succ] == height[inner].unsqueeze(-1) - 1).all()):
+            return None
+        return start
+
     @property
     def is_deterministic(self) -> bool:
         """True when every state-action pair has at most one successor (``K = 1``)."""
@@ -234,13 +258,26 @@ class TabularMDP:
         return out
 
     # ------------------------------------------------------------------ linear algebra
+    @cached_property
+    def _unit_transitions(self) -> bool:
+        """True when every state-action pair has one successor with probability one (no terminal pairs)."""
+        return self.is_deterministic and bool((self.next_probs == 1.0).all())
+
     def expected_next(self, V: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_s' P(s'|s,a) V[..., s']`` with shape ``[..., S, A]`` (no discount)."""
         S, A, K = self.next_states.shape
         nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A, K)
         if K == 1:
-            return nxt.squeeze(-1) * self.next_probs.squeeze(-1)
+            return nxt.squeeze(-1) if self._unit_transitions else nxt.squeeze(-1) * self.next_probs.squeeze(-1)
         return (nxt * self.next_probs).sum(-1)
+
+    def q_values(self, c: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        """One Bellman backup: ``Q = c + gamma * sum_s' P(s'|s,a) V[..., s']``, shape ``[..., S, A]``."""
+        S, A, K = self.next_states.shape
+        if K == 1 and self._unit_transitions:  # e.g. the gridworld: one fused add, no temporaries
+            nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A)
+            return torch.add(c, nxt, alpha=self.gamma)
+        return c + self.gamma * self.expected_next(V)
 
     def inflow(self, nu: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_{s',a'} P(s|s',a') nu[..., s', a']`` with shape ``[..., S]``."""

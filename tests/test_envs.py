@@ -136,3 +136,20 @@ def test_makespan_loss_vector_matches_queue_simulation(gen, n, T, clamped):
                 expected[:, s, a] = queue_makespan(types, seq, clamped)[:, 0]
     torch.testing.assert_close(q, expected, rtol=0, atol=1e-12)
     assert (q[:, [s for s, h in enumerate(env.mdp.state_labels) if len(h) < T - 1]] == 0).all()
+
+
+@pytest.mark.parametrize("clamped", [False, True])
+def test_makespan_along_the_path_equals_loss_vector(gen, clamped):
+    """Scheduling's policy_loss (queue replayed along each policy's path) = <loss_vector, nu>."""
+    from dmd_torch.exact import policy_occupancy
+
+    env = make_env("scheduling", n_agents=3, size=4, distribution="asymmetric", clamped=clamped)
+    types = env.sample_types(40, gen)
+    policy = torch.randint(0, 3, (40, env.mdp.num_states), generator=gen)
+    occ = policy_occupancy(env.mdp, policy)
+    expect = (env.loss_vector(types) * occ.dense()).sum((-2, -1))
+    torch.testing.assert_close(env.policy_loss(types, occ), expect, rtol=1e-14, atol=1e-14)
+    # the per-profile form of queue_makespan agrees with the shared form
+    workers = occ.path % 3
+    shared = queue_makespan(types, workers, clamped)  # [B, B]: every assignment for every profile
+    torch.testing.assert_close(queue_makespan(types, workers.unsqueeze(1), clamped).squeeze(-1), shared.diagonal())

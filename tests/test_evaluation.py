@@ -114,3 +114,15 @@ def test_audit_detects_a_manipulable_rule():
 
     audit = ic_audit(FirstPrice(env), env.sample_types(50, torch.Generator().manual_seed(0)))
     assert audit.max_ic_gain > 0.01
+
+
+def test_profile_chunk_and_bad_chunk():
+    from dmd_torch.evaluation import MAX_BATCH_ELEMENTS, objective_values, profile_chunk
+
+    env = make_env("seq_sales", n_agents=5, size=3)
+    assert profile_chunk(env) == MAX_BATCH_ELEMENTS // (6 * 43 * 6)
+    types = env.sample_types(7, torch.Generator().manual_seed(0))
+    ama = AMA.vcg(env)
+    torch.testing.assert_close(objective_values(ama, types, chunk=2), objective_values(ama, types))
+    with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
+        objective_values(ama, types, chunk=0)

@@ -137,3 +137,50 @@ def test_optimal_values_match_the_full_solution(gen):
         torch.testing.assert_close(values, solve_exact(mdp, c).value, rtol=1e-13, atol=1e-13)
     with pytest.raises(ValueError, match="NaN"):
         optimal_values(mdps[2], torch.full((1, *mdps[2].shape), float("nan"), dtype=torch.float64))
+
+
+def test_path_start_only_where_every_trajectory_is_one_path(gen):
+    """History trees (sales, scheduling) qualify; cyclic, stochastic or unequal-depth MDPs do not."""
+    assert make_env("seq_sales", n_agents=3, size=3).mdp.path_start == 0
+    assert make_env("scheduling", n_agents=2, size=4).mdp.path_start == 0
+    assert make_env("gridworld", n_agents=2, size=3).mdp.path_start is None
+    assert random_layered_mdp(gen).path_start is None  # stochastic
+    # deterministic, but action 1 of the start ends the episode at once: paths of unequal length
+    from dmd_torch.mdp import TabularMDP
+
+    short = TabularMDP.deterministic(["root", "leaf"], [0, 1], torch.tensor([[1, -1], [-1, -1]]))
+    assert short.path_start is None
+    assert TabularMDP.deterministic(["root", "leaf"], [0, 1], torch.tensor([[1, 1], [-1, -1]])).path_start == 0
+
+
+@pytest.mark.parametrize("gamma", [1.0, 0.8])
+def test_policy_occupancy_path_equals_dense_occupancy(gen, gamma):
+    """On history trees the path form gives the same occupancy and inner products as the flow sweep."""
+    from dmd_torch.exact import _dense_occupancy, policy_occupancy
+    from dmd_torch.mdp import TabularMDP
+
+    base = make_env("seq_sales", n_agents=3, size=3).mdp
+    mdp = TabularMDP(base.state_labels, base.action_labels, base.next_states, base.next_probs, base.mu0, gamma)
+    S, A = mdp.shape
+    policy = torch.randint(0, A, (4, 5, S), generator=gen)
+    occ = policy_occupancy(mdp, policy)
+    assert occ.path is not None and occ.path.shape == (4, 5, len(mdp.levels))
+    dense = _dense_occupancy(mdp, policy.reshape(-1, S)).view(4, 5, S, A)
+    torch.testing.assert_close(occ.dense(), dense, rtol=0, atol=0)
+    x = torch.randn(5, 2, S, A, generator=gen, dtype=torch.float64)  # broadcasts over the 4, extra dim 2
+    expect = (x * dense.unsqueeze(-3)).sum((-2, -1))
+    torch.testing.assert_close(occ.inner(x, extra=1), expect, rtol=1e-14, atol=1e-14)
+    y = torch.randn(S, A, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(occ.inner(y), (y * dense).sum((-2, -1)), rtol=1e-14, atol=1e-14)
+
+
+def test_policy_occupancy_dense_inner(gen):
+    """Without a path (cyclic MDP) inner products contract the dense occupancy, extra dims included."""
+    from dmd_torch.exact import policy_occupancy
+
+    mdp = random_discounted_mdp(gen, S=5, A=3, gamma=0.8)
+    policy = torch.randint(0, 3, (6, 5), generator=gen)
+    occ = policy_occupancy(mdp, policy)
+    assert occ.path is None
+    x = torch.randn(6, 4, 5, 3, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(occ.inner(x, extra=1), (x * occ.dense().unsqueeze(1)).sum((-2, -1)))

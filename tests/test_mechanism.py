@@ -154,3 +154,37 @@ def test_affine_rewards_definition_with_and_without_autograd(gen):
     torch.testing.assert_close(graded, fast, rtol=0, atol=0)
     assert graded.requires_grad and not fast.requires_grad
     torch.testing.assert_close(affine_rewards(r, w.detach(), b, without=False), expected[..., 0, :, :])
+
+
+@pytest.mark.parametrize("name, n, m, dist", [("gridworld", 4, 3, "one_cell"), ("gridworld", 2, 3, "uniform"), ("seq_sales", 4, 2, "symmetric")])
+def test_welfare_without_certificate_is_exact(gen, name, n, m, dist):
+    """asw^(-i) = asw for agents with r_i >= 0 and V_i = 0 (taken without a solve on cyclic MDPs)
+    equals the solved value; every agent's asw^(-i) matches an independent solve."""
+    from dmd_torch.exact import optimal_values, policy_occupancy
+    from dmd_torch.mechanism import affine_problems, certified_without, welfare_without
+
+    env = make_env(name, n_agents=n, size=m, distribution=dist)
+    w = torch.rand(n, generator=gen, dtype=torch.float64) + 0.5
+    b = 0.3 * torch.randn(env.mdp.shape, generator=gen, dtype=torch.float64)
+    r = env.rewards(env.sample_types(60, gen))
+    total, minus = affine_problems(r, w, b)
+    sol = solve_exact(env.mdp, total)
+    V = policy_occupancy(env.mdp, sol.policy).inner(r, extra=1)
+    certified = certified_without(env.mdp, r, V)
+    if env.mdp.levels is None and dist == "one_cell":
+        assert certified.any()  # the certificate is exercised
+    if env.mdp.levels is not None:
+        assert not certified.any()  # backward induction solves them all
+    got = welfare_without(env.mdp, r, minus, sol.value, V, init_policy=sol.policy.unsqueeze(-2))
+    torch.testing.assert_close(got, optimal_values(env.mdp, minus), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got[certified], sol.value.unsqueeze(-1).expand_as(got)[certified], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["scheduling", "seq_sales", "gridworld"])
+def test_objective_equals_outcome(gen, name):
+    """AMA.objective (the loss without the payments' solves) = the full outcome's objective."""
+    env = make_env(name, n_agents=3, size=3, distribution="asymmetric" if name != "gridworld" else "one_cell")
+    ama = AMA(env, weights=torch.tensor([0.5, 1.0, 2.0], dtype=torch.float64),
+              boosts=torch.randn(env.mdp.shape, generator=gen, dtype=torch.float64))
+    types = env.sample_types(25, gen)
+    torch.testing.assert_close(ama.objective(types), ama.outcome(types).objective, rtol=0, atol=0)

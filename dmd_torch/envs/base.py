@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import TabularMDP
 
 __all__ = ["Setting", "history_tree_mdp", "uniform"]
@@ -66,6 +67,15 @@ class Setting(ABC):
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
         """Per-state-action loss ``q[B, S, A]`` with loss = ``<q, nu>`` (objectives other than revenue)."""
         raise NotImplementedError(f"setting {self.name!r} has objective {self.objective!r} and no loss vector")
+
+    def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
+        """The loss ``<q, nu>`` of the chosen deterministic policies, one per profile ``[B]``.
+
+        ``occupancy`` comes from :func:`~dmd_torch.exact.policy_occupancy`. By default this is
+        :meth:`loss_vector` contracted with it; a setting may compute it more cheaply, e.g. from
+        the policies' paths alone (the scheduling makespan).
+        """
+        return occupancy.inner(self.loss_vector(types))
 
     # ---------------------------------------------------------------- shared behaviour
     @property

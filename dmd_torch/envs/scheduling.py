@@ -16,6 +16,7 @@ import torch
 
 from dmd_torch.checks import check_int
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
+from dmd_torch.exact import PolicyOccupancy
 
 __all__ = ["TaskScheduling", "SCHEDULING_DISTRIBUTIONS", "queue_makespan"]
 
@@ -28,19 +29,21 @@ def queue_makespan(costs: torch.Tensor, assignment: torch.Tensor, clamped: bool 
 
     Args:
         costs: Worker costs ``[B, n, T]``.
-        assignment: Worker index (0-based) of each task, ``[P, T]``.
+        assignment: Worker index (0-based) of each task: ``[P, T]`` (the same ``P`` assignments for
+            every profile) or ``[B, P, T]`` (``P`` assignments per profile).
         clamped: Clamp remaining work at zero (physical rule) instead of carrying credit.
 
     Returns:
         Makespans ``[B, P]``.
     """
     B, n, T = costs.shape
-    P = assignment.shape[0]
+    P = assignment.shape[-2]
+    who_all = assignment.expand(B, P, T)
     R = torch.zeros(B, P, n, dtype=costs.dtype, device=costs.device)
     onehot = torch.eye(n, dtype=costs.dtype, device=costs.device)
     for tau in range(T):
-        who = assignment[:, tau]  # [P]
-        R = _queue_step(R, onehot[who] * costs[:, who, tau].unsqueeze(-1), clamped)
+        who = who_all[..., tau]  # [B, P]
+        R = _queue_step(R, onehot[who] * costs[..., tau].gather(-1, who).unsqueeze(-1), clamped)
     return R.max(-1).values.clamp(min=0.0)
 
 
@@ -106,6 +109,18 @@ class TaskScheduling(Setting):
         cost = types[:, :, self._depth.to(types.device)]  # [B, n, S]
         onehot = torch.eye(n, dtype=types.dtype, device=types.device)  # [n(agent), A]
         return -cost[..., None] * onehot[None, :, None, :]
+
+    def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
+        """Makespan of the chosen assignments ``[B]``: the queue simulated along each policy's path.
+
+        The path's actions are the assignment of the tasks (action ``a`` = worker ``a + 1``), so no
+        loss vector is needed; equal to ``<loss_vector(types), nu>``.
+        """
+        if occupancy.path is None:
+            return super().policy_loss(types, occupancy)
+        self.check_types(types)
+        workers = occupancy.path % self.mdp.num_actions  # [B, T]
+        return queue_makespan(types, workers.unsqueeze(-2), self.clamped).squeeze(-1)
 
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
         """Makespan of each terminal state-action pair ``q[B, S, A]`` (zero elsewhere)."""

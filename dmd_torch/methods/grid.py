@@ -20,8 +20,8 @@ import torch
 from torch.quasirandom import SobolEngine
 
 from dmd_torch.envs.base import Setting
-from dmd_torch.exact import mean_reward_policy, occupancy_of_policy, optimal_values, solve_exact
-from dmd_torch.mechanism import AMA, affine_problems, affine_rewards, values_and_payments
+from dmd_torch.exact import mean_reward_policy, policy_occupancy, solve_exact
+from dmd_torch.mechanism import AMA, affine_problems, affine_rewards, payments, welfare_without
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.methods.base import (
     Callback,
@@ -85,7 +85,7 @@ def candidate_objectives(
     """Exact objective of ``C`` candidate AMAs on ``P`` profiles in one batched solve, ``[C, P]``.
 
     Same formulas as :meth:`AMA.outcome` (revenue ``sum_i p_i`` with the payments of
-    :func:`~dmd_torch.mechanism.values_and_payments`, or the loss ``<q, nu>``).
+    :func:`~dmd_torch.mechanism.payments`, or the loss ``<q, nu>``).
 
     Args:
         setting: The setting.
@@ -105,18 +105,18 @@ def candidate_objectives(
         if not setting.maximize:
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
             start = mean_reward_policy(mdp, c, (1,))  # per candidate (discounted MDPs)
-            nu = solve_exact(mdp, c, check_finite=False, init_policy=start).occupancy  # [C, P, S, A]
+            policy = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start).policy
             q = setting.loss_vector(types) if loss is None else loss
-            return (q.unsqueeze(0) * nu).sum((-2, -1))
+            return policy_occupancy(mdp, policy).inner(q)  # [C, P]
         # the full problem [C, P, S, A] needs its policy, the n without each agent [C, P, n, S, A] their values
-        total, minus = affine_problems(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None])
+        w = log_weights.exp()[:, None]  # [C, 1, n]
+        total, minus = affine_problems(r.unsqueeze(0), w, boosts[:, None])
         start = mean_reward_policy(mdp, total, (1,))  # per candidate (discounted MDPs)
         sol = solve_exact(mdp, total, check_finite=False, occupancy=False, init_policy=start)
-        asw_without = optimal_values(mdp, minus, check_finite=False, init_policy=None if start is None else start.unsqueeze(1))
-        nu = occupancy_of_policy(mdp, sol.policy.flatten(0, 1)).view(total.shape)
-        w = log_weights.exp().unsqueeze(1)  # [C, 1, n]
-        _, payments = values_and_payments(r, nu, w, sol.value, asw_without)
-        return payments.sum(-1)
+        V = policy_occupancy(mdp, sol.policy).inner(r, extra=1)  # [C, P, n]
+        init = None if start is None else start.unsqueeze(1)
+        asw_without = welfare_without(mdp, r, minus, sol.value, V, init_policy=init)
+        return payments(V, w, sol.value, asw_without).sum(-1)
 
 
 def score_candidates(
