@@ -23,6 +23,7 @@ from dmd_torch.envs.base import Setting
 from dmd_torch.exact import mean_reward_policy, policy_occupancy, solve_exact
 from dmd_torch.mechanism import AMA, affine_problems, affine_rewards, payments, welfare_without
 from dmd_torch.checks import check_finite, check_int
+from dmd_torch.evaluation import MAX_BATCH_ELEMENTS
 from dmd_torch.methods.base import (
     Callback,
     Method,
@@ -181,7 +182,7 @@ class GridSearch(Method):
     num_points: int = 10_000
     profiles: int = 2_000
     top_k: int = 1
-    max_batch_elements: int = 250_000
+    max_batch_elements: int = MAX_BATCH_ELEMENTS
 
     def __post_init__(self) -> None:
         check_int("grid num_points", self.num_points)
