@@ -210,7 +210,7 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
     flat = policy + torch.arange(0, S * A, A, device=policy.device)  # flat (s, pi(s)) indices [B, S]
     nxt = mdp.next_states[..., 0].flatten().take(flat)  # [B, S]
     # with unit transition probabilities g = gamma^(2^k) everywhere: a scalar, no gathers
-    g: torch.Tensor | float = mdp.gamma if mdp._unit_transitions else mdp.gamma * mdp.next_probs[..., 0].flatten().take(flat)
+    g: torch.Tensor | float = mdp.gamma if mdp.unit_transitions else mdp.gamma * mdp.next_probs[..., 0].flatten().take(flat)
     steps = max(1, math.ceil(math.log2(math.log(1e-18 * (1 - mdp.gamma)) / math.log(mdp.gamma))) + 1)
     out = x
     for _ in range(steps):

@@ -259,7 +259,7 @@ class TabularMDP:
 
     # ------------------------------------------------------------------ linear algebra
     @cached_property
-    def _unit_transitions(self) -> bool:
+    def unit_transitions(self) -> bool:
         """True when every state-action pair has one successor with probability one (no terminal pairs)."""
         return self.is_deterministic and bool((self.next_probs == 1.0).all())
 
@@ -268,13 +268,13 @@ class TabularMDP:
         S, A, K = self.next_states.shape
         nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A, K)
         if K == 1:
-            return nxt.squeeze(-1) if self._unit_transitions else nxt.squeeze(-1) * self.next_probs.squeeze(-1)
+            return nxt.squeeze(-1) if self.unit_transitions else nxt.squeeze(-1) * self.next_probs.squeeze(-1)
         return (nxt * self.next_probs).sum(-1)
 
     def q_values(self, c: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
         """One Bellman backup: ``Q = c + gamma * sum_s' P(s'|s,a) V[..., s']``, shape ``[..., S, A]``."""
         S, A, K = self.next_states.shape
-        if K == 1 and self._unit_transitions:  # e.g. the gridworld: one fused add, no temporaries
+        if self.unit_transitions:  # e.g. the gridworld: one fused add, no temporaries
             nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A)
             return torch.add(c, nxt, alpha=self.gamma)
         return c + self.gamma * self.expected_next(V)

@@ -246,7 +246,10 @@ class AMA(nn.Module):
         """Exact outcome (policy, values, payments, revenue, welfare, loss) for reported types ``[B, n, K]``.
 
         The full problem is solved with its policy (:func:`~dmd_torch.exact.solve_exact`), the ``n``
-        problems without each agent for their values only (:func:`~dmd_torch.exact.optimal_values`).
+        problems without each agent for their values (:func:`welfare_without`: by
+        :func:`~dmd_torch.exact.optimal_values`, or without a solve where ``asw^(-i) = asw`` is
+        certified); on history trees the values ``V_i`` and the loss are read off the policy's path
+        (:func:`~dmd_torch.exact.policy_occupancy`).
         """
         self.check_parameters()
         setting = self.setting
