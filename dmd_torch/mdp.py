@@ -205,6 +205,16 @@ class TabularMDP:
         return plan
 
     @cached_property
+    def heights(self) -> torch.Tensor | None:
+        """Each state's height ``[S]`` (its index in :attr:`levels`), or ``None`` for MDPs with cycles."""
+        if self.levels is None:
+            return None
+        height = torch.empty(self.num_states, dtype=torch.long, device=self.device)
+        for h, lvl in enumerate(self.levels):
+            height[lvl] = h
+        return height
+
+    @cached_property
     def path_start(self) -> int | None:
         """The start state where every trajectory is a single path through all height levels, else ``None``.
 
@@ -214,14 +224,12 @@ class TabularMDP:
         deterministic policy then visits one state per level, so its occupancy is a path of
         ``len(levels)`` state-action pairs (:func:`dmd_torch.exact.policy_occupancy`).
         """
-        if self.levels is None or not self.is_deterministic:
+        height = self.heights
+        if height is None or self.levels is None or not self.is_deterministic:
             return None
         start = int(self.mu0.argmax())
         if float(self.mu0[start]) != 1.0 or start not in self.levels[-1].tolist():
             return None
-        height = torch.empty(self.num_states, dtype=torch.long, device=self.device)
-        for h, lvl in enumerate(self.levels):
-            height[lvl] = h
         inner = height > 0
         probs, succ = self.next_probs[inner, :, 0], self.next_states[inner, :, 0]
         if not bool((probs == 1.0).all()) or not bool((height[succ] == height[inner].unsqueeze(-1) - 1).all()):

@@ -130,9 +130,8 @@ def _build_tree(mdp: TabularMDP) -> _Tree | str:
     has_child = pos.any(-1)  # [S, A]
     k = pos.to(torch.int8).argmax(-1, keepdim=True)
     child = mdp.next_states.gather(-1, k).squeeze(-1) * has_child
-    height = torch.empty(S, dtype=torch.long, device=mdp.device)
-    for h, lvl in enumerate(mdp.levels):
-        height[lvl] = h
+    height = mdp.heights
+    assert height is not None
     inner = height > 0
     if not has_child[inner].all() or has_child[~inner].any():
         return "some state has both terminal and non-terminal actions"
