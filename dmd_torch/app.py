@@ -44,6 +44,7 @@ from dmd_torch.methods import Method, MethodResult, StepEvent, make_method  # no
 from dmd_torch.checks import check_int  # noqa: E402
 from dmd_torch.methods.base import stream_seed  # noqa: E402
 from dmd_torch.report import is_complete  # noqa: E402
+from dmd_torch.runtime import tune_allocator  # noqa: E402
 from dmd_torch.storage import atomic_write, save_mechanism, write_json  # noqa: E402
 
 __all__ = [
@@ -325,6 +326,9 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     threads = cfg.get("threads")
     if threads is not None:
         check_int("threads", threads)
+    allocator = cfg.get("tune_allocator", True)
+    if not isinstance(allocator, bool):
+        raise ValueError(f"tune_allocator must be true or false, got {allocator!r}")
     tensorboard, progress = bool(cfg.get("tensorboard", True)), bool(cfg.get("progress", True))
     out = output_directory(cfg)
     env_options = dict(_plain(cfg.env).get("options") or {})
@@ -348,6 +352,8 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     # ---- build
     if threads is not None:
         torch.set_num_threads(threads)
+    if allocator:
+        tune_allocator()
     if device.type != "cpu":
         setting.mdp = setting.mdp.to(device)
     ama = AMA(setting).to(device)

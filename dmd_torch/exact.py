@@ -26,7 +26,7 @@ import math
 import numpy as np
 import torch
 
-from dmd_torch.mdp import TabularMDP
+from dmd_torch.mdp import TabularMDP, pick
 
 __all__ = [
     "ExactSolution",
@@ -63,11 +63,27 @@ class ExactSolution:
     occupancy: torch.Tensor | None
 
 
+def _max_action(q: torch.Tensor) -> torch.Tensor:
+    """``q.amax(-1)``; for a few actions as a chain of elementwise maxima (1.5x faster on CPU)."""
+    if q.shape[-1] > 8 or (q.requires_grad and torch.is_grad_enabled()):
+        return q.amax(-1)
+    cols = q.unbind(-1)
+    best = cols[0] if len(cols) == 1 else torch.maximum(cols[0], cols[1])
+    for col in cols[2:]:
+        torch.maximum(best, col, out=best)
+    return best
+
+
 def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None) -> torch.Tensor:
     """Lowest-index near-maximal action (keeping ``current`` when it is near-maximal)."""
-    best = q.amax(-1, keepdim=True)
+    best = _max_action(q).unsqueeze(-1)
     near = q >= best - tie_tol * (1.0 + best.abs())
-    choice = near.view(torch.uint8).argmax(-1)  # first near-maximal action (bool viewed as bytes, no copy)
+    A = q.shape[-1]
+    if A < 256:  # first near-maximal action: the largest rank A - a among them (faster than argmax)
+        rank = torch.arange(A, 0, -1, dtype=torch.uint8, device=q.device)
+        choice = A - (near.view(torch.uint8) * rank).amax(-1).long()
+    else:
+        choice = near.view(torch.uint8).argmax(-1)
     if current is not None:
         keep = near.gather(-1, current.unsqueeze(-1)).squeeze(-1)
         choice = torch.where(keep, current, choice)
@@ -205,25 +221,26 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
     With ``g(s)`` the discounted probability of the single successor ``n(s)`` under the policy,
     ``(I + G^(2^k)) ... (I + G^2)(I + G) = sum_{t < 2^(k+1)} G^t``, and ``G^(2^k)`` is again a single-
     successor map (``n`` composed with itself, ``g`` multiplied along the way). The series is cut
-    where ``gamma^(2^k) / (1 - gamma)`` is below ``1e-18``, i.e. at round-off: this is an exact
-    evaluation of the policy, not value iteration.
+    after the fewest factors ``k + 1`` whose tail ``gamma^(2^(k+1)) / (1 - gamma)`` is below
+    ``1e-18``, i.e. at round-off: this is an exact evaluation of the policy, not value iteration.
     """
     S, A = mdp.shape
     flat = policy + torch.arange(0, S * A, A, device=policy.device)  # flat (s, pi(s)) indices [B, S]
     nxt = mdp.next_states[..., 0].flatten().take(flat)  # [B, S]
     # with unit transition probabilities g = gamma^(2^k) everywhere: a scalar, no gathers
     g: torch.Tensor | float = mdp.gamma if mdp.unit_transitions else mdp.gamma * mdp.next_probs[..., 0].flatten().take(flat)
-    steps = max(1, math.ceil(math.log2(math.log(1e-18 * (1 - mdp.gamma)) / math.log(mdp.gamma))) + 1)
+    steps = max(1, math.ceil(math.log2(math.log(1e-18 * (1 - mdp.gamma)) / math.log(mdp.gamma))))
     out = x
-    for _ in range(steps):
+    for step in range(steps):
         if transpose:
             out = out.scatter_add(-1, nxt, g * out)
         elif isinstance(g, float):
             out = torch.add(out, out.gather(-1, nxt), alpha=g)
         else:
             out = torch.addcmul(out, g, out.gather(-1, nxt))
-        g = g * g if isinstance(g, float) else g * g.gather(-1, nxt)
-        nxt = nxt.gather(-1, nxt)
+        if step + 1 < steps:
+            g = g * g if isinstance(g, float) else g * g.gather(-1, nxt)
+            nxt = nxt.gather(-1, nxt)
     return out
 
 
@@ -235,7 +252,7 @@ def _level_q(
         return c[:, idx]
     B, A = c.shape[0], c.shape[-1]
     L, _, K = ns.shape
-    nxt = V.index_select(1, ns.flatten()).view(B, L, A, K)
+    nxt = pick(V, ns.flatten()).view(B, L, A, K)
     if pr is None:  # one successor with gamma * P = 1
         return c[:, idx] + nxt[..., 0]
     return c[:, idx] + (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
@@ -293,26 +310,30 @@ def policy_iteration(
     warm_start: int | None = None,
     occupancy: bool = True,
     init_policy: torch.Tensor | None = None,
+    init_values: torch.Tensor | None = None,
 ) -> ExactSolution:
     """Exact solution of a discounted MDP by Howard's policy iteration.
 
     Evaluation is exact (:func:`_evaluate`): repeated squaring of the successor map for
     deterministic MDPs, else a batched LU solve of ``(I - gamma P_pi) V = c_pi``. Improvement is
     greedy with the tie rule of the module docstring. The first policy is ``init_policy`` if given,
-    else greedy after ``warm_start`` sweeps of value iteration (default 20 for stochastic MDPs, none
-    for deterministic ones, whose evaluation is cheap), and each later round re-evaluates only the
-    entries whose policy changed. It stops when no policy changes, which certifies optimality (the
-    values do not depend on the start; among tied optimal actions the start's is kept).
+    else greedy after ``warm_start`` sweeps of value iteration from ``init_values`` (default zero;
+    default sweeps: 2 for deterministic MDPs, whose evaluation is cheap, 20 for stochastic ones),
+    and each later round re-evaluates only the entries whose policy changed. It stops when no
+    policy changes, which certifies optimality (the values do not depend on the start; among tied
+    optimal actions the start's is kept).
 
     Args:
         mdp: A discounted MDP (``gamma < 1``).
         c: Rewards ``[B, S, A]``.
         tie_tol: Relative tolerance under which actions count as tied.
         max_iter: Raise if the policies have not converged after this many improvements.
-        warm_start: Value-iteration sweeps before the first policy (default: 0 if deterministic, else 20).
+        warm_start: Value-iteration sweeps before the first policy (default: 2 if deterministic, else 20).
         occupancy: Also compute the occupancy of the optimal policy (else ``None``).
         init_policy: First policy, action indices broadcastable to ``[B, S]`` (e.g. from
             :func:`mean_reward_policy`); a good start saves most of the improvement rounds.
+        init_values: Start of those sweeps, broadcastable to ``[B, S]`` (ignored with
+            ``init_policy``), e.g. the values of a problem with slightly larger rewards.
     """
     if mdp.gamma >= 1.0:
         raise ValueError("policy_iteration needs a discount gamma < 1")
@@ -321,8 +342,10 @@ def policy_iteration(
     if init_policy is not None:
         pi = _check_policy(init_policy, (B, S), A).to(c.device).expand(B, S).clone()
     else:
-        for _ in range((0 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
-            V = mdp.q_values(c, V).amax(-1)
+        if init_values is not None:
+            V = _check_values(init_values, (B, S)).to(c).expand(B, S)
+        for _ in range((2 if mdp.is_deterministic else 20) if warm_start is None else warm_start):
+            V = _max_action(mdp.q_values(c, V))
         pi = _greedy(mdp.q_values(c, V), tie_tol)
     active = torch.arange(B, device=c.device)
     lu: tuple[torch.Tensor, ...] | None = None
@@ -365,6 +388,18 @@ def _check_policy(policy: torch.Tensor, shape: tuple[int, ...], A: int) -> torch
     return policy.long()
 
 
+def _check_values(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """Validates start values: a finite floating tensor broadcastable to ``shape``."""
+    if not isinstance(values, torch.Tensor) or not values.is_floating_point():
+        raise TypeError(f"init_values must be a floating-point tensor, got {values!r:.80}")
+    dims = tuple(values.shape)
+    if len(dims) > len(shape) or any(d not in (1, t) for d, t in zip(reversed(dims), reversed(shape))):
+        raise ValueError(f"init_values of shape {dims} does not broadcast to {shape}")
+    if not bool(torch.isfinite(values).all()):
+        raise ValueError("init_values contain NaN or inf")
+    return values
+
+
 def mean_reward_policy(mdp: TabularMDP, c: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor | None:
     """Optimal policy for the mean of ``c`` over the batch dimensions ``dims`` (kept with size 1).
 
@@ -397,6 +432,7 @@ def solve_exact(
     check_finite: bool = True,
     occupancy: bool = True,
     init_policy: torch.Tensor | None = None,
+    init_values: torch.Tensor | None = None,
 ) -> ExactSolution:
     """Solves the follower's problem exactly for every reward tensor in the batch.
 
@@ -411,6 +447,8 @@ def solve_exact(
         init_policy: First policy of policy iteration (discounted MDPs), action indices
             broadcastable to ``c.shape[:-1]`` (see :func:`mean_reward_policy`); ignored by backward
             induction.
+        init_values: Values ``[..., S]`` that policy iteration's warm-start sweeps begin from when
+            there is no ``init_policy`` (see :func:`policy_iteration`); ignored by backward induction.
 
     Returns:
         An :class:`ExactSolution` whose tensors carry the leading dimensions of ``c``
@@ -425,7 +463,12 @@ def solve_exact(
         if init_policy is not None:
             init_policy = _check_policy(init_policy, lead + (mdp.num_states,), mdp.num_actions)
             init_policy = init_policy.expand(*lead, mdp.num_states).reshape(-1, mdp.num_states)
-        sol = policy_iteration(mdp, flat, tie_tol, occupancy=occupancy, init_policy=init_policy)
+        if init_values is not None:
+            init_values = _check_values(init_values, lead + (mdp.num_states,))
+            init_values = init_values.expand(*lead, mdp.num_states).reshape(-1, mdp.num_states)
+        sol = policy_iteration(
+            mdp, flat, tie_tol, occupancy=occupancy, init_policy=init_policy, init_values=init_values
+        )
     return ExactSolution(
         sol.value.reshape(lead),
         sol.values.reshape(*lead, -1),
@@ -440,28 +483,33 @@ def optimal_values(
     c: torch.Tensor,
     check_finite: bool = True,
     init_policy: torch.Tensor | None = None,
+    init_values: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Optimal values ``max_nu sum c * nu`` (equation 2) of every reward tensor in the batch, ``[...]``.
 
     Acyclic MDPs: backward induction with ``V(s) = max_a Q(s, a)``, no policy (one reduction per
     level instead of the tie-broken argmax of :func:`backward_induction`; the two values agree
     exactly unless actions tie within the tie tolerance, then within it). Discounted MDPs: the value
-    of :func:`policy_iteration` (from ``init_policy`` if given), which needs the policies anyway.
+    of :func:`policy_iteration` (started from ``init_policy`` or ``init_values`` if given), which
+    needs the policies anyway.
 
     Args:
         mdp: The MDP.
         c: Rewards ``[..., S, A]``.
         check_finite: Reject NaN/inf in ``c``.
         init_policy: Start of policy iteration (discounted MDPs), as in :func:`solve_exact`.
+        init_values: Start of its warm-start sweeps, as in :func:`solve_exact`.
     """
     if mdp.levels is None:
-        return solve_exact(mdp, c, check_finite=check_finite, occupancy=False, init_policy=init_policy).value
+        return solve_exact(
+            mdp, c, check_finite=check_finite, occupancy=False, init_policy=init_policy, init_values=init_values
+        ).value
     mdp.check_rewards(c, check_finite=check_finite)
     lead = c.shape[:-2]
     flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
     V = torch.zeros(flat.shape[:2], dtype=flat.dtype, device=flat.device)
     for level in mdp.level_plan:
-        V[:, level[0]] = _level_q(flat, V, *level).amax(-1)
+        V[:, level[0]] = _max_action(_level_q(flat, V, *level))
     return (V @ mdp.mu0).reshape(lead)
 
 

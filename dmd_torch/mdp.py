@@ -22,9 +22,17 @@ import torch
 
 from dmd_torch import checks
 
-__all__ = ["TabularMDP"]
+__all__ = ["TabularMDP", "pick"]
 
 _PROB_TOL = 1e-9
+
+
+def pick(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[..., index]`` for a 1-D ``index``: a gather with the index broadcast over the leading
+    dimensions (on CPU several times faster than ``index_select`` along the last dimension when
+    that dimension is short, e.g. the states of a small MDP)."""
+    lead = x.shape[:-1]
+    return x.gather(-1, index.view(*(1,) * len(lead), -1).expand(*lead, -1))
 
 
 @dataclass(eq=False)
@@ -274,7 +282,7 @@ class TabularMDP:
     def expected_next(self, V: torch.Tensor) -> torch.Tensor:
         """Returns ``sum_s' P(s'|s,a) V[..., s']`` with shape ``[..., S, A]`` (no discount)."""
         S, A, K = self.next_states.shape
-        nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A, K)
+        nxt = pick(V, self.next_states.flatten()).view(*V.shape[:-1], S, A, K)
         if K == 1:
             return nxt.squeeze(-1) if self.unit_transitions else nxt.squeeze(-1) * self.next_probs.squeeze(-1)
         return (nxt * self.next_probs).sum(-1)
@@ -283,7 +291,7 @@ class TabularMDP:
         """One Bellman backup: ``Q = c + gamma * sum_s' P(s'|s,a) V[..., s']``, shape ``[..., S, A]``."""
         S, A, K = self.next_states.shape
         if self.unit_transitions:  # e.g. the gridworld: one fused add, no temporaries
-            nxt = V.index_select(-1, self.next_states.flatten()).view(*V.shape[:-1], S, A)
+            nxt = pick(V, self.next_states.flatten()).view(*V.shape[:-1], S, A)
             return torch.add(c, nxt, alpha=self.gamma)
         return c + self.gamma * self.expected_next(V)
 

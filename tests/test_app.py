@@ -137,6 +137,7 @@ def test_tensorboard_records_training_and_hparams(tmp_path):
         (["heldout_profiles=0"], "heldout_profiles"),
         (["eval.profiles=1"], "eval.profiles"),
         (["device=tpu"], "device"),
+        (["tune_allocator=maybe"], "tune_allocator must be true or false"),
         (["method.variant=a/b"], "method.variant must be a non-empty name"),
     ],
 )

@@ -36,6 +36,7 @@ def test_evaluates_saved_mechanism(tmp_path):
     [
         (["mechanism=missing.json"], "error: no mechanism file at"),
         (["mechanism=run", "profiles=0"], "error: profiles must be an integer >= 2, got 0"),
+        (["mechanism=run", "tune_allocator=maybe"], "error: tune_allocator must be true or false, got 'maybe'"),
     ],
 )
 def test_bad_input_is_one_line(tmp_path, overrides, message):

@@ -105,10 +105,12 @@ class TaskScheduling(Setting):
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
         self.check_types(types)
-        n = self.n_agents
-        cost = types[:, :, self._depth.to(types.device)]  # [B, n, S]
-        onehot = torch.eye(n, dtype=types.dtype, device=types.device)  # [n(agent), A]
-        return -cost[..., None] * onehot[None, :, None, :]
+        B, n, _ = types.shape
+        depth = self._depth.to(types.device)
+        r = types.new_zeros(B, n, len(depth), n)
+        # r[b, i, s, a] = -types[b, i, task of s] if a == i: written on the agent = action diagonal
+        r.diagonal(0, 1, 3).copy_(types.index_select(2, depth).transpose(1, 2)).neg_()
+        return r
 
     def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
         """Makespan of the chosen assignments ``[B]``: the queue simulated along each policy's path.
