@@ -169,13 +169,15 @@ def welfare_without(
     if not bool(skip.any()):
         return optimal_values(mdp, minus, check_finite=False, init_policy=init_policy, init_values=init_values)
     out = asw.unsqueeze(-1).expand(values.shape).clone()
-    solve = ~skip
-    if bool(solve.any()):
-        states = (*values.shape, mdp.num_states)
-        policy = None if init_policy is None else init_policy.expand(states)[solve]
-        start = None if init_values is None else init_values.expand(states)[solve]
-        problems = minus.expand(*values.shape, *mdp.shape)[solve]
-        out[solve] = optimal_values(mdp, problems, check_finite=False, init_policy=policy, init_values=start)
+    solve = (~skip).flatten().nonzero().squeeze(-1)  # flat indices: index_select is faster than a mask
+    if solve.numel():
+        def rows(x: torch.Tensor, *tail: int) -> torch.Tensor:
+            return x.expand(*values.shape, *tail).reshape(-1, *tail).index_select(0, solve)
+
+        policy = None if init_policy is None else rows(init_policy, mdp.num_states)
+        start = None if init_values is None else rows(init_values, mdp.num_states)
+        problems = rows(minus, *mdp.shape)
+        out.view(-1).index_copy_(0, solve, optimal_values(mdp, problems, check_finite=False, init_policy=policy, init_values=start))
     return out
 
 

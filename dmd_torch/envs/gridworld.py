@@ -14,7 +14,7 @@ import torch
 
 from dmd_torch.checks import check_int
 from dmd_torch.envs.base import Setting, uniform
-from dmd_torch.mdp import TabularMDP
+from dmd_torch.mdp import TabularMDP, pick
 
 __all__ = ["Gridworld", "GRIDWORLD_DISTRIBUTIONS", "MOVES"]
 
@@ -83,4 +83,5 @@ class Gridworld(Setting):
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
         self.check_types(types)
-        return types[:, :, self._entered.to(types.device)]
+        entered = self._entered.to(types.device)
+        return pick(types, entered.flatten()).view(*types.shape[:2], *entered.shape)

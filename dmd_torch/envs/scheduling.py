@@ -17,6 +17,7 @@ import torch
 from dmd_torch.checks import check_int
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 from dmd_torch.exact import PolicyOccupancy
+from dmd_torch.mdp import pick
 
 __all__ = ["TaskScheduling", "SCHEDULING_DISTRIBUTIONS", "queue_makespan"]
 
@@ -109,7 +110,7 @@ class TaskScheduling(Setting):
         depth = self._depth.to(types.device)
         r = types.new_zeros(B, n, len(depth), n)
         # r[b, i, s, a] = -types[b, i, task of s] if a == i: written on the agent = action diagonal
-        r.diagonal(0, 1, 3).copy_(types.index_select(2, depth).transpose(1, 2)).neg_()
+        r.diagonal(0, 1, 3).copy_(pick(types, depth).transpose(1, 2)).neg_()
         return r
 
     def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
