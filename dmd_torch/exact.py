@@ -76,16 +76,20 @@ def _max_action(q: torch.Tensor) -> torch.Tensor:
 
 def _greedy(q: torch.Tensor, tie_tol: float, current: torch.Tensor | None = None) -> torch.Tensor:
     """Lowest-index near-maximal action (keeping ``current`` when it is near-maximal)."""
-    best = _max_action(q).unsqueeze(-1)
-    near = q >= best - tie_tol * (1.0 + best.abs())
+    best = _max_action(q)
+    thr = best - tie_tol * (1.0 + best.abs())
     A = q.shape[-1]
-    if A < 256:  # first near-maximal action: the largest rank A - a among them (faster than argmax)
-        rank = torch.arange(A, 0, -1, dtype=torch.uint8, device=q.device)
-        choice = A - (near.view(torch.uint8) * rank).amax(-1).long()
+    if A <= 8:  # the number of leading actions below the threshold, column by column (2x faster)
+        cols = q.unbind(-1)
+        behind = cols[0] < thr
+        choice = behind.long() if A > 1 else torch.zeros_like(behind, dtype=torch.long)
+        for col in cols[1:-1]:
+            behind &= col < thr
+            choice += behind
     else:
-        choice = near.view(torch.uint8).argmax(-1)
+        choice = (q >= thr.unsqueeze(-1)).view(torch.uint8).argmax(-1)  # bool viewed as bytes, no copy
     if current is not None:
-        keep = near.gather(-1, current.unsqueeze(-1)).squeeze(-1)
+        keep = q.gather(-1, current.unsqueeze(-1)).squeeze(-1) >= thr
         choice = torch.where(keep, current, choice)
     return choice
 
@@ -245,17 +249,23 @@ def _doubling(mdp: TabularMDP, policy: torch.Tensor, x: torch.Tensor, transpose:
 
 
 def _level_q(
-    c: torch.Tensor, V: torch.Tensor, idx: slice | torch.Tensor, ns: torch.Tensor | None, pr: torch.Tensor | None
+    c: torch.Tensor,
+    V: torch.Tensor,
+    idx: slice | torch.Tensor,
+    ns: torch.Tensor | None,
+    pr: torch.Tensor | None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """``Q[B, L, A] = c + sum_k gamma P V(next)`` of one height level (see :attr:`TabularMDP.level_plan`)."""
+    """``Q[B, L, A] = c + sum_k gamma P V(next)`` of one height level (see :attr:`TabularMDP.level_plan`),
+    written into ``out`` if given (except at height 0, where it is a view of ``c``)."""
     if ns is None:  # height 0: every action terminates
         return c[:, idx]
     B, A = c.shape[0], c.shape[-1]
     L, _, K = ns.shape
     nxt = pick(V, ns.flatten()).view(B, L, A, K)
     if pr is None:  # one successor with gamma * P = 1
-        return c[:, idx] + nxt[..., 0]
-    return c[:, idx] + (nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1))
+        return torch.add(c[:, idx], nxt[..., 0], out=out)
+    return torch.add(c[:, idx], nxt[..., 0] * pr[..., 0] if K == 1 else (nxt * pr).sum(-1), out=out)
 
 
 def backward_induction(
@@ -280,9 +290,14 @@ def backward_induction(
     pi = torch.empty(B, S, dtype=torch.long, device=c.device)
     for level in mdp.level_plan:
         idx = level[0]
-        q = _level_q(c, V, *level)
+        if isinstance(idx, slice):  # Q[:, idx] is a view: write the level's Q-values into it
+            q = Q[:, idx]
+            q.copy_(_level_q(c, V, *level)) if level[1] is None else _level_q(c, V, *level, out=q)
+        else:
+            q = _level_q(c, V, *level)
+            Q[:, idx] = q
         a = _greedy(q, tie_tol)
-        Q[:, idx], pi[:, idx] = q, a
+        pi[:, idx] = a
         V[:, idx] = q.gather(-1, a.unsqueeze(-1)).squeeze(-1)
     nu = occupancy_of_policy(mdp, pi) if occupancy else None
     return ExactSolution(V @ mdp.mu0, V, Q, pi, nu)
