@@ -33,9 +33,8 @@ __all__ = [
     "ic_audit",
 ]
 
-#: Bound on the elements ``profiles x (n + 1) x S x A`` of one batched exact solve (each profile has
-#: ``n + 1`` follower problems): batches of a few MB stay in cache and reuse their memory, which is
-#: up to 2x faster than large ones (:func:`profile_chunk`).
+#: Bound on the elements of one batched exact solve's working arrays (:func:`profile_chunk`): batches
+#: of a few MB stay in cache and reuse their memory, which is up to 2x faster than large ones.
 MAX_BATCH_ELEMENTS = 500_000
 
 
@@ -90,9 +89,17 @@ class AuditResult:
 
 
 def profile_chunk(setting: Setting) -> int:
-    """Profiles per batched exact solve: ``MAX_BATCH_ELEMENTS / ((n + 1) S A)``, at least one."""
+    """Profiles per batched exact solve, at least one.
+
+    Acyclic MDPs: ``MAX_BATCH_ELEMENTS / ((n + 1) S A)``; backward induction works on the ``n + 1``
+    problems' state-action values level by level, and more profiles fall out of cache (measured
+    slower on sales and scheduling). MDPs with cycles: ``MAX_BATCH_ELEMENTS / ((n + 1) S)``; the
+    rounds of policy iteration work on state values, where more profiles per call amortize the
+    per-call overhead (gridworld 5 x 4: 1.1x faster than with the acyclic rule).
+    """
     S, A = setting.mdp.shape
-    return max(1, MAX_BATCH_ELEMENTS // ((setting.n_agents + 1) * S * A))
+    per_profile = (setting.n_agents + 1) * S * (A if setting.mdp.levels is not None else 1)
+    return max(1, MAX_BATCH_ELEMENTS // per_profile)
 
 
 def objective_values(ama: AMA, types: torch.Tensor, chunk: int | None = None) -> torch.Tensor:

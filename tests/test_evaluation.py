@@ -121,6 +121,7 @@ def test_profile_chunk_and_bad_chunk():
 
     env = make_env("seq_sales", n_agents=5, size=3)
     assert profile_chunk(env) == MAX_BATCH_ELEMENTS // (6 * 43 * 6)
+    assert profile_chunk(make_env("gridworld", n_agents=5, size=4)) == MAX_BATCH_ELEMENTS // (6 * 16)  # states only
     types = env.sample_types(7, torch.Generator().manual_seed(0))
     ama = AMA.vcg(env)
     torch.testing.assert_close(objective_values(ama, types, chunk=2), objective_values(ama, types))
