@@ -266,7 +266,7 @@ class AMA(nn.Module):
             r = setting.rewards(types.to(self.boosts.device))
             w = self.weights.to(r)
             total, minus = affine_problems(r, w, self.boosts.to(r))
-            sol = solve_exact(mdp, total, check_finite=False, occupancy=False)
+            sol = solve_exact(mdp, total, check_finite=False, occupancy=False, q=False)
             occupancy = policy_occupancy(mdp, sol.policy)
             V = occupancy.inner(r, extra=1)
             # policy iteration (discounted MDPs) starts the problems without agent i from value
@@ -301,7 +301,7 @@ class AMA(nn.Module):
         with torch.no_grad():
             r = setting.rewards(types.to(self.boosts.device))
             total = affine_rewards(r, self.weights.to(r), self.boosts.to(r), without=False)
-            sol = solve_exact(setting.mdp, total, check_finite=False, occupancy=False)
+            sol = solve_exact(setting.mdp, total, check_finite=False, occupancy=False, q=False)
             _check_solved(setting, sol.value)
             return setting.policy_loss(types, policy_occupancy(setting.mdp, sol.policy))
 

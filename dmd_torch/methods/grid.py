@@ -106,14 +106,14 @@ def candidate_objectives(
         if not setting.maximize:
             c = affine_rewards(r.unsqueeze(0), log_weights.exp()[:, None], boosts[:, None], without=False)
             start = mean_reward_policy(mdp, c, (1,))  # per candidate (discounted MDPs)
-            policy = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start).policy
+            policy = solve_exact(mdp, c, check_finite=False, occupancy=False, init_policy=start, q=False).policy
             q = setting.loss_vector(types) if loss is None else loss
             return policy_occupancy(mdp, policy).inner(q)  # [C, P]
         # the full problem [C, P, S, A] needs its policy, the n without each agent [C, P, n, S, A] their values
         w = log_weights.exp()[:, None]  # [C, 1, n]
         total, minus = affine_problems(r.unsqueeze(0), w, boosts[:, None])
         start = mean_reward_policy(mdp, total, (1,))  # per candidate (discounted MDPs)
-        sol = solve_exact(mdp, total, check_finite=False, occupancy=False, init_policy=start)
+        sol = solve_exact(mdp, total, check_finite=False, occupancy=False, init_policy=start, q=False)
         V = policy_occupancy(mdp, sol.policy).inner(r, extra=1)  # [C, P, n]
         init = None if start is None else start.unsqueeze(1)
         asw_without = welfare_without(mdp, r, minus, sol.value, V, init_policy=init)
