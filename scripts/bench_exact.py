@@ -3,10 +3,11 @@
 1. For one cell of each setting: the exact outcome (:meth:`~dmd_torch.AMA.outcome`: policy, values,
    payments, revenue, loss; all ``n + 1`` follower problems per profile answered, batched) of
    ``--profiles`` profiles against solving the same profiles' occupancy LPs with SciPy's HiGHS
-   (``--lp-profiles`` of them, extrapolated per profile), and the speed-up: first with HiGHS solving
-   the problems the exact path solves (the full one, and those without each agent except where
-   ``asw^(-i) = asw`` is certified without a solve, :func:`~dmd_torch.mechanism.certified_without`;
-   "LPs/profile"), then with HiGHS solving all ``n + 1``.
+   (the LPs of ``--lp-profiles`` of them, timed per LP and extrapolated), and the speed-up: first
+   with HiGHS solving the problems the exact path solves (the full one, and those without each
+   agent except where ``asw^(-i) = asw`` is certified without a solve,
+   :func:`~dmd_torch.mechanism.certified_without`; "LPs/profile", counted over all profiles),
+   then with HiGHS solving all ``n + 1``.
 2. The VCG column of the paper's Tables 1-5 (32 cells, ``--profiles`` profiles each), timed.
 3. Grid search's batches on the gridworld (a Sobol candidate's ``n + 1`` problems on 2,000
    profiles): policy iteration from its default start against the start of
@@ -19,7 +20,7 @@ Exact evaluation is timed over ``--repeats`` passes after a first one (its rate 
 it includes lazy imports and the first touch of the memory), with the allocator settings of the
 library's scripts (:func:`dmd_torch.runtime.tune_allocator`) unless ``--default-allocator``.
 
-Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 20] [--repeats 3]``
+Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 40] [--repeats 3]``
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ TABLES = [
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=10_000)
-    parser.add_argument("--lp-profiles", type=int, default=20)
+    parser.add_argument("--lp-profiles", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of exact evaluation after the first (median)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -76,21 +77,25 @@ def main() -> None:
                 ama.outcome(chunk)
             passes.append(time.perf_counter() - t0)
         cold_rate, exact_rate = args.profiles / passes[0], args.profiles / statistics.median(passes[1:])
-        lp_types = types[: args.lp_profiles]
-        r = env.rewards(lp_types)
-        c = ama.affine_rewards(r).detach()  # [P, n + 1, S, A]
         # the problems the exact path solves: the full one, and those without the agents for whom
         # asw^(-i) = asw is not certified without a solve (mechanism.certified_without)
-        solved = torch.cat([torch.ones(len(lp_types), 1, dtype=torch.bool),
-                            ~certified_without(env.mdp, r, ama.outcome(lp_types).agent_values)], dim=1)
+        solved = torch.cat([
+            torch.cat([torch.ones(len(t), 1, dtype=torch.bool),
+                       ~certified_without(env.mdp, env.rewards(t), ama.outcome(t).agent_values)], dim=1)
+            for t in types.split(profile_chunk(env))
+        ])
+        lps_per_profile = float(solved.sum()) / args.profiles  # over all profiles, not just HiGHS's subset
+        lp_types = types[: args.lp_profiles]
+        c = ama.affine_rewards(env.rewards(lp_types)).detach()  # [P, n + 1, S, A]
         solve_lp_highs(env.mdp, c[0, :1])  # warm-up: SciPy's lazy imports stay out of the timing
         rates = []
-        for problems in (c[solved], c):
+        for problems, per_profile in ((c[solved[: args.lp_profiles]], lps_per_profile), (c.flatten(0, 1), n + 1.0)):
             t0 = time.perf_counter()
             solve_lp_highs(env.mdp, problems)
-            rates.append(args.lp_profiles / (time.perf_counter() - t0))
+            seconds_per_lp = (time.perf_counter() - t0) / len(problems)
+            rates.append(1.0 / (seconds_per_lp * per_profile))  # HiGHS profiles per second
         label = f"{name} {dist} n={n} m={m}"
-        print(f"{label:<28}{cold_rate:>11.0f}{exact_rate:>13.0f}{float(solved.sum()) / len(lp_types):>12.2f}{rates[0]:>13.1f}"
+        print(f"{label:<28}{cold_rate:>11.0f}{exact_rate:>13.0f}{lps_per_profile:>12.2f}{rates[0]:>13.1f}"
               f"{exact_rate / rates[0]:>8.0f}x{rates[1]:>14.1f}{exact_rate / rates[1]:>8.0f}x")
     print(f"\nVCG column of Tables 1-5, {args.profiles} profiles per cell:")
     total = 0.0
