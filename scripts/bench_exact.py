@@ -17,10 +17,12 @@
    (:func:`~dmd_torch.exact.optimal_values`), same values checked, and the speed-up.
 
 Exact evaluation is timed over ``--repeats`` passes after a first one (its rate is printed too:
-it includes lazy imports and the first touch of the memory), with the allocator settings of the
-library's scripts (:func:`dmd_torch.runtime.tune_allocator`) unless ``--default-allocator``.
+it includes lazy imports and the first touch of the memory), each followed by the HiGHS solves,
+so that load changes of a shared machine hit both sides; rates are medians, and each speed-up is
+the median of the per-round ratios. The allocator settings are those of the library's scripts
+(:func:`dmd_torch.runtime.tune_allocator`) unless ``--default-allocator``.
 
-Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 40] [--repeats 3]``
+Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 40] [--repeats 5]``
 """
 
 from __future__ import annotations
@@ -52,7 +54,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--lp-profiles", type=int, default=40)
-    parser.add_argument("--repeats", type=int, default=3, help="timed passes of exact evaluation after the first (median)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed rounds after the first exact pass, each an exact pass and the HiGHS solves (medians)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--default-allocator", action="store_true",
@@ -70,33 +73,41 @@ def main() -> None:
         env = make_env(name, n_agents=n, size=m, distribution=dist)
         ama = AMA.vcg(env)
         types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed))
-        passes = []
-        for _ in range(1 + args.repeats):  # the first pass is also the warm-up (lazy imports, allocator)
+        chunks = types.split(profile_chunk(env))
+
+        def exact_pass() -> float:  # the whole outcome: policy, values, payments, revenue, loss
             t0 = time.perf_counter()
-            for chunk in types.split(profile_chunk(env)):  # the whole outcome: policy, values, payments, revenue, loss
+            for chunk in chunks:
                 ama.outcome(chunk)
-            passes.append(time.perf_counter() - t0)
-        cold_rate, exact_rate = args.profiles / passes[0], args.profiles / statistics.median(passes[1:])
+            return time.perf_counter() - t0
+
+        cold_rate = args.profiles / exact_pass()  # also the warm-up (lazy imports, first touch of memory)
         # the problems the exact path solves: the full one, and those without the agents for whom
         # asw^(-i) = asw is not certified without a solve (mechanism.certified_without)
         solved = torch.cat([
             torch.cat([torch.ones(len(t), 1, dtype=torch.bool),
                        ~certified_without(env.mdp, env.rewards(t), ama.outcome(t).agent_values)], dim=1)
-            for t in types.split(profile_chunk(env))
+            for t in chunks
         ])
         lps_per_profile = float(solved.sum()) / args.profiles  # over all profiles, not just HiGHS's subset
         lp_types = types[: args.lp_profiles]
         c = ama.affine_rewards(env.rewards(lp_types)).detach()  # [P, n + 1, S, A]
         solve_lp_highs(env.mdp, c[0, :1])  # warm-up: SciPy's lazy imports stay out of the timing
-        rates = []
-        for problems, per_profile in ((c[solved[: args.lp_profiles]], lps_per_profile), (c.flatten(0, 1), n + 1.0)):
-            t0 = time.perf_counter()
-            solve_lp_highs(env.mdp, problems)
-            seconds_per_lp = (time.perf_counter() - t0) / len(problems)
-            rates.append(1.0 / (seconds_per_lp * per_profile))  # HiGHS profiles per second
+        lp_sets = ((c[solved[: args.lp_profiles]], lps_per_profile), (c.flatten(0, 1), n + 1.0))
+        exact_rates, highs_rates = [], [[], []]
+        for _ in range(args.repeats):  # interleaved, so that the machine's load changes hit both sides
+            exact_rates.append(args.profiles / exact_pass())
+            for k, (problems, per_profile) in enumerate(lp_sets):
+                t0 = time.perf_counter()
+                solve_lp_highs(env.mdp, problems)
+                seconds_per_lp = (time.perf_counter() - t0) / len(problems)
+                highs_rates[k].append(1.0 / (seconds_per_lp * per_profile))  # HiGHS profiles per second
+        exact_rate = statistics.median(exact_rates)
+        rates = [statistics.median(h) for h in highs_rates]
+        speedups = [statistics.median(e / h for e, h in zip(exact_rates, hs)) for hs in highs_rates]
         label = f"{name} {dist} n={n} m={m}"
         print(f"{label:<28}{cold_rate:>11.0f}{exact_rate:>13.0f}{lps_per_profile:>12.2f}{rates[0]:>13.1f}"
-              f"{exact_rate / rates[0]:>8.0f}x{rates[1]:>14.1f}{exact_rate / rates[1]:>8.0f}x")
+              f"{speedups[0]:>8.0f}x{rates[1]:>14.1f}{speedups[1]:>8.0f}x")
     print(f"\nVCG column of Tables 1-5, {args.profiles} profiles per cell:")
     total = 0.0
     for name, dist, cells in TABLES:
