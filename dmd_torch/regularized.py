@@ -79,7 +79,7 @@ DEFAULT_LAYER_SOLVER_ARGS: dict[str, Any] = {
 }
 """Solver settings of the cvxpylayers backend (Clarabel interior point, tight tolerances)."""
 
-_SOFT_PI_MAX_ITER = 30  # soft policy iterations of the Newton warm start (MDPs with cycles)
+_SOFT_PI_MAX_ITER = 5  # soft policy iterations of the Newton warm start (MDPs with cycles; more cost more than they save)
 _EPS = float(torch.finfo(torch.float64).eps)
 _TINY = 1e-280  # curvatures (and occupancies) below this count as zero: the flow underflowed
 _NEGLIGIBLE = 1e-20  # states with curvature (or outflow) below this fraction of the largest are left out
