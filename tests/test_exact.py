@@ -1,5 +1,7 @@
 """The exact solvers against SciPy's HiGHS on the occupancy LP (paper, equation 2)."""
 
+import math
+
 import pytest
 import torch
 
@@ -66,6 +68,27 @@ def test_ties_break_to_lowest_action():
     assert (sol.policy == 0).all()
 
 
+@pytest.mark.parametrize("kind", ["gridworld", "stochastic"])
+def test_policy_iteration_terminates_at_a_tie_tolerant_optimum(gen, kind):
+    """With a wide tie tolerance the multi-step improvement can leave a non-optimal policy unchanged
+    (a one-step gap between tol and tol / (1 - gamma)); policy iteration must still terminate, at a
+    policy whose every action is near-maximal for its own values."""
+    from dmd_torch.exact import policy_iteration
+
+    mdp = make_env("gridworld", n_agents=2, size=3).mdp if kind == "gridworld" else random_discounted_mdp(gen)
+    c = torch.randint(-2, 3, (200, *mdp.shape), generator=gen).double()
+    c += 0.01 * torch.rand(c.shape, generator=gen, dtype=torch.float64)
+    tol = 1e-2
+    sol = policy_iteration(mdp, c, tie_tol=tol, occupancy=False, max_iter=50)
+    q = mdp.q_values(c, sol.values)
+    best = q.amax(-1)
+    chosen = q.gather(-1, sol.policy.unsqueeze(-1)).squeeze(-1)
+    assert (chosen >= best - tol * (1 + best.abs())).all()
+    torch.testing.assert_close(sol.values, chosen, rtol=1e-10, atol=1e-10)  # exact values of that policy
+    exact = torch.as_tensor(solve_lp_highs(mdp, c[:20])[0])
+    assert (sol.value[:20] <= exact + 1e-9).all() and (sol.value[:20] >= exact - 2 * tol * (1 + exact.abs()) / (1 - mdp.gamma)).all()
+
+
 def test_leading_dimensions_are_kept(gen):
     mdp = random_layered_mdp(gen)
     c = torch.randn(2, 3, *mdp.shape, generator=gen, dtype=torch.float64)
@@ -100,6 +123,13 @@ def test_policy_iteration_start_does_not_change_the_solution(gen, deterministic)
         sol = solve_exact(mdp, c, init_policy=start)
         torch.testing.assert_close(sol.values, ref.values, atol=1e-10, rtol=1e-10)
         torch.testing.assert_close(sol.occupancy, ref.occupancy, atol=1e-10, rtol=1e-10)
+    # value-iteration starts (e.g. a related problem's values): same solution, whatever the start
+    for values in (ref.values + 5.0 * torch.rand(4, 5, S, generator=gen, dtype=torch.float64), torch.zeros(S)):
+        sol = solve_exact(mdp, c, init_values=values, q=False)
+        assert sol.q is None
+        torch.testing.assert_close(sol.values, ref.values, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(sol.occupancy, ref.occupancy, atol=1e-10, rtol=1e-10)
+        torch.testing.assert_close(optimal_values(mdp, c, init_values=values), ref.value, atol=1e-10, rtol=1e-10)
 
 
 def test_mean_reward_policy(gen):
@@ -122,6 +152,12 @@ def test_bad_start_policy_is_rejected(gen):
         solve_exact(mdp, c, init_policy=torch.full((mdp.num_states,), 4))
     with pytest.raises(ValueError, match="does not broadcast"):
         solve_exact(mdp, c, init_policy=torch.zeros(3, mdp.num_states, dtype=torch.long))
+    with pytest.raises(TypeError, match="init_values must be a floating-point tensor"):
+        solve_exact(mdp, c, init_values=torch.zeros(mdp.num_states, dtype=torch.long))
+    with pytest.raises(ValueError, match="init_values of shape .* does not broadcast"):
+        solve_exact(mdp, c, init_values=torch.zeros(3, mdp.num_states, dtype=torch.float64))
+    with pytest.raises(ValueError, match="init_values contain NaN or inf"):
+        solve_exact(mdp, c, init_values=torch.full((mdp.num_states,), math.nan, dtype=torch.float64))
 
 
 def test_optimal_values_match_the_full_solution(gen):

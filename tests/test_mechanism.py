@@ -175,9 +175,11 @@ def test_welfare_without_certificate_is_exact(gen, name, n, m, dist):
         assert certified.any()  # the certificate is exercised
     if env.mdp.levels is not None:
         assert not certified.any()  # backward induction solves them all
-    got = welfare_without(env.mdp, r, minus, sol.value, V, init_policy=sol.policy.unsqueeze(-2))
-    torch.testing.assert_close(got, optimal_values(env.mdp, minus), rtol=1e-12, atol=1e-12)
-    torch.testing.assert_close(got[certified], sol.value.unsqueeze(-1).expand_as(got)[certified], rtol=0, atol=0)
+    want = optimal_values(env.mdp, minus)
+    for start in ({"init_policy": sol.policy.unsqueeze(-2)}, {"init_values": sol.values.unsqueeze(-2)}):
+        got = welfare_without(env.mdp, r, minus, sol.value, V, **start)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(got[certified], sol.value.unsqueeze(-1).expand_as(got)[certified], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", ["scheduling", "seq_sales", "gridworld"])
