@@ -177,7 +177,8 @@ def welfare_without(
         policy = None if init_policy is None else rows(init_policy, mdp.num_states)
         start = None if init_values is None else rows(init_values, mdp.num_states)
         problems = rows(minus, *mdp.shape)
-        out.view(-1).index_copy_(0, solve, optimal_values(mdp, problems, check_finite=False, init_policy=policy, init_values=start))
+        values_without = optimal_values(mdp, problems, check_finite=False, init_policy=policy, init_values=start)
+        out.view(-1).index_copy_(0, solve, values_without)
     return out
 
 
