@@ -63,6 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    if not 1 <= args.lp_profiles <= args.profiles:
+        parser.error(f"--lp-profiles must lie in [1, --profiles = {args.profiles}], got {args.lp_profiles}")
     if args.threads:
         torch.set_num_threads(args.threads)
     tuned = not args.default_allocator and tune_allocator()
