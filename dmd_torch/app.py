@@ -41,7 +41,7 @@ from dmd_torch.envs import Setting, make_env  # noqa: E402
 from dmd_torch.evaluation import EvaluationResult, evaluate  # noqa: E402
 from dmd_torch.mechanism import AMA  # noqa: E402
 from dmd_torch.methods import Method, MethodResult, StepEvent, make_method  # noqa: E402
-from dmd_torch.checks import check_int  # noqa: E402
+from dmd_torch.checks import check_bool, check_int  # noqa: E402
 from dmd_torch.methods.base import stream_seed  # noqa: E402
 from dmd_torch.report import is_complete  # noqa: E402
 from dmd_torch.runtime import tune_allocator  # noqa: E402
@@ -326,9 +326,7 @@ def run(cfg: DictConfig | Mapping[str, Any]) -> dict[str, Any]:
     threads = cfg.get("threads")
     if threads is not None:
         check_int("threads", threads)
-    allocator = cfg.get("tune_allocator", True)
-    if not isinstance(allocator, bool):
-        raise ValueError(f"tune_allocator must be true or false, got {allocator!r}")
+    allocator = check_bool("tune_allocator", cfg.get("tune_allocator", True))
     tensorboard, progress = bool(cfg.get("tensorboard", True)), bool(cfg.get("progress", True))
     out = output_directory(cfg)
     env_options = dict(_plain(cfg.env).get("options") or {})

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_choice", "check_finite"]
+__all__ = ["check_int", "check_float", "check_bool", "check_choice", "check_finite"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -26,6 +26,13 @@ def check_float(name: str, value: Any, positive: bool = True, allow_zero: bool =
         bound = ">= 0" if allow_zero else "> 0"
         raise ValueError(f"{name} must be a finite number{' ' + bound if positive else ''}, got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value: Any) -> bool:
+    """Returns ``value`` if it is ``True`` or ``False``, else raises a one-line ``ValueError``."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:

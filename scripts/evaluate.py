@@ -8,7 +8,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from dmd_torch.checks import check_int
+from dmd_torch.checks import check_bool, check_int
 from dmd_torch.evaluation import evaluate, ic_audit
 from dmd_torch.runtime import tune_allocator
 from dmd_torch.storage import load_mechanism, write_json
@@ -25,9 +25,7 @@ def main(cfg: DictConfig) -> None:
 def _evaluate(cfg: DictConfig) -> None:
     for key in ("profiles", "audit_profiles"):
         check_int(key, cfg[key], minimum=2)
-    if not isinstance(cfg.tune_allocator, bool):
-        raise ValueError(f"tune_allocator must be true or false, got {cfg.tune_allocator!r}")
-    if cfg.tune_allocator:
+    if check_bool("tune_allocator", cfg.tune_allocator):
         tune_allocator()
     path = Path(hydra.utils.to_absolute_path(cfg.mechanism))
     ama = load_mechanism(path)
