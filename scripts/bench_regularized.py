@@ -9,7 +9,8 @@ occupancies. This script times that forward + backward for the native backend (w
 gridworld) and for ``cvxpylayers`` (Clarabel, implicit-function backward), on the largest cell of
 each setting, and prints a table with the speed-up measured in the same run. Building the layer
 (one-off) is timed separately and excluded from the per-step times. Torch runs single-threaded by
-default (``--threads``); diffcp solves the batch's cone programs in its own thread pool (one
+default (``--threads``), and the allocator is tuned as in training (``--default-allocator`` keeps
+glibc's settings); diffcp solves the batch's cone programs in its own thread pool (one
 thread per CPU). ``max |dnu|`` is the largest occupancy difference between the two backends and
 ``grad err`` the largest gradient difference relative to the largest gradient entry.
 
@@ -26,6 +27,7 @@ import torch
 
 from dmd_torch.envs import make_env
 from dmd_torch.regularized import RegularizedSolveError, regularized_occupancy, tree_applicable
+from dmd_torch.runtime import tune_allocator
 
 CELLS = (("seq_sales", 5, 3), ("scheduling", 3, 5), ("gridworld", 5, 4))
 
@@ -64,16 +66,19 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-cvxpylayers", action="store_true", help="time the native backend only")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="keep glibc's default malloc settings (training calls dmd_torch.runtime.tune_allocator)")
     args = parser.parse_args()
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    tuned = not args.default_allocator and tune_allocator()
 
     header = (
         f"{'setting':<11} {'n':>2} {'size':>4} {'S':>4} {'A':>2} {'B':>4}  {'native':<7} {'native s/step':>13}"
         f"  {'layer build s':>13} {'cvxpylayers s/step':>18} {'speed-up':>9} {'max |dnu|':>10} {'grad err':>9}"
     )
     print(f"alpha = {args.alpha}, {args.profiles} profiles per step, median of {args.repeats} steps, "
-          f"{torch.get_num_threads()} torch threads")
+          f"{torch.get_num_threads()} torch threads, allocator {'tuned' if tuned else 'default'}")
     print(header)
     print("-" * len(header))
     for name, n, size in CELLS:
