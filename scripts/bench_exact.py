@@ -34,6 +34,7 @@ import time
 import torch
 
 from dmd_torch import AMA, make_env
+from dmd_torch.checks import check_int
 from dmd_torch.evaluation import objective_values, profile_chunk
 from dmd_torch.exact import mean_reward_policy, optimal_values, solve_exact, solve_lp_highs
 from dmd_torch.mechanism import affine_problems, affine_rewards, certified_without
@@ -61,8 +62,10 @@ def main() -> None:
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default malloc settings (the library's scripts call dmd_torch.runtime.tune_allocator)")
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be >= 1, got {args.repeats}")
+    try:
+        check_int("--repeats", args.repeats)
+    except ValueError as exc:
+        parser.error(str(exc))
     if not 1 <= args.lp_profiles <= args.profiles:
         parser.error(f"--lp-profiles must lie in [1, --profiles = {args.profiles}], got {args.lp_profiles}")
     if args.threads:

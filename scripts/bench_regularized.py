@@ -20,12 +20,12 @@ thread per CPU). ``max |dnu|`` is the largest occupancy difference between the t
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import time
 
 import torch
 
+from dmd_torch.checks import check_float, check_int
 from dmd_torch.envs import make_env
 from dmd_torch.regularized import RegularizedSolveError, regularized_occupancy, tree_applicable
 from dmd_torch.runtime import tune_allocator
@@ -70,11 +70,12 @@ def main() -> None:
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default malloc settings (training calls dmd_torch.runtime.tune_allocator)")
     args = parser.parse_args()
-    for flag in ("repeats", "profiles"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be >= 1, got {getattr(args, flag)}")
-    if not (args.alpha > 0 and math.isfinite(args.alpha)):
-        parser.error(f"--alpha must be positive and finite, got {args.alpha}")
+    try:
+        check_int("--repeats", args.repeats)
+        check_int("--profiles", args.profiles)
+        check_float("--alpha", args.alpha)
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     tuned = not args.default_allocator and tune_allocator()
