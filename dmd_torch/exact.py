@@ -275,9 +275,9 @@ def _level_q(
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``Q[B, L, A] = c + sum_k gamma P V(next)`` of one height level (see :attr:`TabularMDP.level_plan`),
-    written into ``out`` if given (except at height 0, where it is a view of ``c``)."""
+    written into ``out`` if given (else at height 0 a view of ``c``)."""
     if ns is None:  # height 0: every action terminates
-        return c[:, idx]
+        return c[:, idx] if out is None else out.copy_(c[:, idx])
     B, A = c.shape[0], c.shape[-1]
     L, _, K = ns.shape
     nxt = pick(V, ns.flatten()).view(B, L, A, K)
@@ -309,8 +309,7 @@ def backward_induction(
     for level in mdp.level_plan:
         idx = level[0]
         if isinstance(idx, slice):  # Q[:, idx] is a view: write the level's Q-values into it
-            q = Q[:, idx]
-            q.copy_(_level_q(c, V, *level)) if level[1] is None else _level_q(c, V, *level, out=q)
+            q = _level_q(c, V, *level, out=Q[:, idx])
         else:
             q = _level_q(c, V, *level)
             Q[:, idx] = q
