@@ -2,8 +2,8 @@
 
 * :func:`evaluate`: fresh type profiles (10,000 by default), exact (unregularized) outcomes, mean and
   standard error of the leader's objective (paper, section 5), the VCG baseline on the *same*
-  profiles, and — where the optimum is known (sequential sales: the Myerson AMA of the spec) — its
-  revenue on the same profiles and the optimality ratio.
+  profiles, and, where the setting knows an optimal mechanism (:meth:`Setting.known_optimum`;
+  sequential sales: Myerson's auction), its objective on the same profiles and the optimality ratio.
 * :func:`ic_audit`: tries misreports for every agent (draws from the prior, zero, the top of the
   support, the other agents' reports) and reports the largest utility gain from lying and the
   smallest truthful utility. An AMA with the payments of Definition 3.1 is strategyproof, so the
@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from dmd_torch.envs import SequentialSales, Setting
 from dmd_torch.checks import check_int
+from dmd_torch.envs import Setting
 from dmd_torch.mechanism import AMA
 
 __all__ = [
@@ -29,7 +29,6 @@ __all__ = [
     "profile_chunk",
     "mean_stderr",
     "evaluate",
-    "known_optimum_mechanism",
     "ic_audit",
 ]
 
@@ -115,17 +114,6 @@ def mean_stderr(x: torch.Tensor) -> tuple[float, float]:
     return float(x.mean()), float(x.std() / math.sqrt(n)) if n > 1 else 0.0
 
 
-def known_optimum_mechanism(setting: Setting) -> AMA | None:
-    """The known optimal mechanism of a setting, or ``None``.
-
-    For sequential sales it is the Myerson AMA (spec, "Known optimum"): ``w = 1``,
-    ``b(h, i) = -c_i / 2``, ``b(h, 0) = 0``.
-    """
-    if isinstance(setting, SequentialSales):
-        return AMA(setting, boosts=setting.myerson_boosts())
-    return None
-
-
 def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None = None) -> EvaluationResult:
     """Evaluates a mechanism with the paper's protocol on ``profiles`` fresh profiles.
 
@@ -141,14 +129,14 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None 
     ama.check_parameters()
     setting = ama.setting
     gen = torch.Generator().manual_seed(int(seed))
-    types = setting.sample_types(profiles, gen).to(ama.boosts.device)
+    types = setting.checked_sample(profiles, gen).to(ama.boosts.device)
     mean, se = mean_stderr(objective_values(ama, types, chunk))
     vcg = AMA.vcg(setting).to(ama.boosts.device)
     vmean, vse = mean_stderr(objective_values(vcg, types, chunk))
-    sign = 1.0 if setting.maximize else -1.0
+    sign = setting.objective.sign
     improvement = None if abs(vmean) < 1e-12 else 100.0 * sign * (mean - vmean) / abs(vmean)
-    result = EvaluationResult(setting.objective, mean, se, vmean, vse, profiles, int(seed), improvement)
-    best = known_optimum_mechanism(setting)
+    result = EvaluationResult(setting.objective.name, mean, se, vmean, vse, profiles, int(seed), improvement)
+    best = AMA.known_optimum(setting)
     if best is not None:
         kmean, kse = mean_stderr(objective_values(best.to(ama.boosts.device), types, chunk))
         result.known_optimum, result.known_optimum_stderr = kmean, kse
@@ -161,7 +149,7 @@ def _misreports(setting: Setting, types: torch.Tensor, i: int, prior_draws: int,
     B = types.shape[0]
     low, high = setting.type_bounds()
     cands = [
-        setting.sample_types(B * prior_draws, gen)[:, i].reshape(B, prior_draws, -1).to(types),
+        setting.checked_sample(B * prior_draws, gen)[:, i].reshape(B, prior_draws, -1).to(types),
         torch.zeros_like(types[:, i]).unsqueeze(1),
         low[i].to(types).expand(B, 1, -1),
         high[i].to(types).expand(B, 1, -1),
@@ -189,7 +177,7 @@ def ic_audit(ama: AMA, types: torch.Tensor, prior_draws: int = 8, seed: int = 0)
     setting.check_types(types)
     gen = torch.Generator().manual_seed(int(seed))
     truth = ama.outcome(types)
-    r_true = setting.rewards(types)
+    r_true = setting.checked_rewards(types)
     B, n = types.shape[:2]
     max_gain, tried = -math.inf, 0
     for i in range(n):

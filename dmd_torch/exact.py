@@ -402,6 +402,8 @@ def policy_iteration(
         # rule); the entries where some state's is not improve and go another round
         qa = mdp.q_values(ca, Va)
         thr = _near_threshold(qa, tie_tol)
+        if everyone and not bool(torch.isfinite(thr).all()):  # NaN or inf never settle: stop at once
+            raise ValueError("the rewards contain NaN or inf: policy iteration cannot compare the actions")
         keep = _is_near(qa, thr, pa)
         moved = (~keep).any(-1).nonzero().squeeze(-1)
         if moved.numel() == 0:

@@ -12,8 +12,8 @@ paper's cells (setting, ``n``, ``m``) and methods, and writes per table
 * ``table<k>.csv``: the same, one column per quantity (empty field = missing);
 * ``table<k>.png``: our means (bars with standard errors) against the paper's (black ticks).
 
-The published figures are package data (``dmd_torch/data/paper_tables.csv``, citation in
-``dmd_torch/data/README.md``), read with :mod:`importlib.resources`.
+The published figures are package data (:mod:`dmd_torch.reference`; citation in
+``dmd_torch/data/README.md``).
 
 Sign convention of "best improvement" (the paper's): ``100 * (best - VCG) / |VCG|`` where *best* is
 the best of our methods' means in the objective's direction (highest revenue, lowest
@@ -23,8 +23,7 @@ prints them (Tables 3 and 4: "-11.65%" is an 11.65% shorter makespan). This diff
 report recomputes the figure from the means. Where VCG's mean is 0 the relative figure is
 undefined and shown as "N/A" (as in the paper); a cell or method without a run shows "—".
 
-:func:`is_complete` decides whether a run directory holds a finished, usable ``results.json``
-(used to skip finished jobs when a sweep is rerun).
+The runs are read as :class:`~dmd_torch.results.RunResult` (the one schema of ``results.json``).
 """
 
 from __future__ import annotations
@@ -32,13 +31,11 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-import json
 import logging
 import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +43,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from dmd_torch.reference import PaperRow, paper_tables
+from dmd_torch.results import RESULTS_FILE, RunResult, Training, read_result
 from dmd_torch.storage import atomic_write
 
 __all__ = [
@@ -54,16 +53,10 @@ __all__ = [
     "VCG_Z_MAX",
     "MIN_OPTIMALITY_RATIO",
     "METHOD_LABELS",
-    "REQUIRED_KEYS",
     "TABLES",
     "TableSpec",
-    "PaperRow",
-    "RunRecord",
     "Row",
-    "is_complete",
-    "load_run",
     "collect_results",
-    "load_paper_tables",
     "improvement_pct",
     "best_improvement",
     "build_rows",
@@ -88,58 +81,52 @@ METHOD_LABELS: dict[str, str] = {
 
 _SHORT = {"grid": "grid", "zeroth_order": "ZO", "reg_lp": "reg. LP", "reg_lp_tuned": "reg. LP tuned"}
 
-#: Keys a finished ``results.json`` must have (written by :func:`dmd_torch.app.run`).
-REQUIRED_KEYS: tuple[str, ...] = (
-    "setting",
-    "env",
-    "method",
-    "seed",
-    "objective",
-    "maximize",
-    "mean",
-    "stderr",
-    "vcg_mean",
-    "vcg_stderr",
-    "improvement_pct",
-    "known_optimum",
-    "optimality_ratio",
-    "runtime_seconds",
-    "steps",
-)
-_ENV_KEYS = ("name", "n_agents", "size", "distribution")
-_FINITE_KEYS = ("mean", "stderr", "vcg_mean", "vcg_stderr", "runtime_seconds")
 _ZERO = 1e-9  # |VCG| below this: the relative improvement is undefined ("N/A")
 _MISSING = "—"
 
 
 @dataclass(frozen=True)
 class TableSpec:
-    """One of the paper's result tables.
+    """One of the paper's result tables, or the table of a setting outside them (:meth:`for_setting`).
 
     Attributes:
-        number: The table's number in the paper (1-5).
+        number: The table's number in the paper (1-5), or ``None`` for another setting.
         setting: The ``setting`` key of ``results.json`` and of the reference CSV.
         objective: ``revenue`` or ``makespan``.
         maximize: Whether higher is better.
         title: A one-line description.
         m_label: What ``m`` counts in this table.
         paper_runtime_hours: The runtime bounds of the paper's caption, per method (hours).
-        paper_stderr_bound: The standard-error bound of the paper's caption.
+        paper_stderr_bound: The standard-error bound of the paper's caption (``None``: no paper table).
     """
 
-    number: int
+    number: int | None
     setting: str
     objective: str
     maximize: bool
     title: str
     m_label: str
     paper_runtime_hours: Mapping[str, float]
-    paper_stderr_bound: float
+    paper_stderr_bound: float | None
+
+    @classmethod
+    def for_setting(cls, run: RunResult) -> TableSpec:
+        """The table of the setting of ``run``, one outside the paper's tables (no published figures)."""
+        return cls(None, run.setting, run.objective, run.maximize, f"{run.setting}", "size", {}, None)
 
     @property
-    def has_known_optimum(self) -> bool:
-        """Whether the setting has a known optimal mechanism (the sequential-sales tables)."""
-        return self.setting.startswith("seq_sales")
+    def sign(self) -> float:
+        """``+1`` if higher is better, ``-1`` if lower is."""
+        return 1.0 if self.maximize else -1.0
+
+    @property
+    def name(self) -> str:
+        """The stem of its files: ``table<k>``, or the setting's report key."""
+        return self.setting if self.number is None else f"table{self.number}"
+
+    @property
+    def heading(self) -> str:
+        return f"Results on {self.title}" if self.number is None else f"Table {self.number}: {self.title}"
 
 
 #: The paper's five tables (captions of Tables 1-5; Table 5's caption says "makespan" but the
@@ -159,78 +146,6 @@ TABLES: dict[int, TableSpec] = {
 _BY_SETTING = {spec.setting: spec for spec in TABLES.values()}
 
 
-@dataclass(frozen=True)
-class PaperRow:
-    """One published cell (a row of ``paper_tables.csv``).
-
-    Attributes:
-        table: Table number.
-        setting: Reference key.
-        objective: ``revenue`` or ``makespan``.
-        n: Agents.
-        m: Items, tasks or grid side.
-        values: Published means by column: ``vcg``, ``grid``, ``zeroth_order``, ``reg_lp``.
-        text: The same as printed in the CSV (keeps the paper's digits).
-        best_improvement: The published best improvement in percent, or ``None`` ("N/A").
-        known_optimum: Reference revenue of the optimal mechanism (not in the paper), or ``None``.
-    """
-
-    table: int
-    setting: str
-    objective: str
-    n: int
-    m: int
-    values: Mapping[str, float]
-    text: Mapping[str, str]
-    best_improvement: float | None
-    known_optimum: float | None
-
-
-@dataclass(frozen=True)
-class RunRecord:
-    """The parts of one ``results.json`` the report uses.
-
-    Attributes:
-        path: The ``results.json`` file.
-        setting: Reference key.
-        n: ``env.n_agents``.
-        m: ``env.size``.
-        method: The run's method label: its ``variant`` (e.g. ``reg_lp_tuned``), else its method name.
-        seed: Training seed.
-        mean: Evaluated mean objective.
-        stderr: Its standard error.
-        vcg_mean: VCG's mean on the same profiles.
-        vcg_stderr: Its standard error.
-        known_optimum: The known optimum's mean on the same profiles, or ``None``.
-        known_optimum_stderr: Its standard error, or ``None``.
-        optimality_ratio: ``mean / known_optimum``, or ``None``.
-        runtime_seconds: Wall time of the run.
-        steps: Gradient steps taken.
-        eval_profiles: Evaluation profiles, or ``None`` when not recorded.
-        eval_seed: Evaluation seed, or ``None`` when not recorded.
-        grid_candidates: Sobol candidates scored (grid runs), or ``None`` when not recorded.
-    """
-
-    path: Path
-    setting: str
-    n: int
-    m: int
-    method: str
-    seed: int
-    mean: float
-    stderr: float
-    vcg_mean: float
-    vcg_stderr: float
-    known_optimum: float | None
-    known_optimum_stderr: float | None
-    optimality_ratio: float | None
-    runtime_seconds: float
-    steps: int
-    eval_profiles: int | None = None
-    eval_seed: int | None = None
-    grid_candidates: int | None = None
-
-
 @dataclass
 class Row:
     """One row of a reproduced table.
@@ -238,7 +153,7 @@ class Row:
     Attributes:
         n: Agents.
         m: Items, tasks or grid side.
-        runs: Our run per method (absent: missing).
+        runs: Our run per method label (absent: missing).
         paper: The published cell, or ``None`` for a cell the paper does not have.
         vcg_mean: Our VCG mean (from the first run in :data:`METHODS` order), or ``None``.
         vcg_stderr: Its standard error, or ``None``.
@@ -255,7 +170,7 @@ class Row:
 
     n: int
     m: int
-    runs: dict[str, RunRecord] = field(default_factory=dict)
+    runs: dict[str, RunResult] = field(default_factory=dict)
     paper: PaperRow | None = None
     vcg_mean: float | None = None
     vcg_stderr: float | None = None
@@ -270,7 +185,7 @@ class Row:
     best_gap: float | None = None
 
 
-#: Reproduction targets (issue "reproduce the paper"): VCG within this many combined standard errors
+#: Reproduction targets: VCG within this many combined standard errors
 #: of the published figure, and in the sales tables at least this fraction of the known optimum.
 VCG_Z_MAX = 3.0
 MIN_OPTIMALITY_RATIO = 0.99
@@ -283,103 +198,7 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-def _problems(data: Any) -> list[str]:
-    """What keeps parsed ``results.json`` content from being a finished run (empty: nothing)."""
-    if not isinstance(data, dict):
-        return ["not a JSON object"]
-    problems = [f"missing key {k!r}" for k in REQUIRED_KEYS if k not in data]
-    env = data.get("env")
-    if "env" in data and not (isinstance(env, dict) and all(k in env for k in _ENV_KEYS)):
-        problems.append(f"env block lacks one of {', '.join(_ENV_KEYS)}")
-    problems += [f"{k} is not a finite number" for k in _FINITE_KEYS if k in data and not _finite(data[k])]
-    return problems
-
-
-def _canonical(obj: Any) -> Any:
-    """``obj`` as it reads back from JSON (tuples become lists, keys strings)."""
-    return json.loads(json.dumps(obj))
-
-
-def is_complete(run_dir: str | os.PathLike, expected: Mapping[str, Any] | None = None) -> bool:
-    """Whether ``run_dir`` holds a finished run: ``results.json`` exists, parses, has every key of
-    :data:`REQUIRED_KEYS` (with an ``env`` block and finite means, standard errors and runtime), and
-    -- when ``expected`` is given -- agrees with it.
-
-    Args:
-        run_dir: A run directory (or the ``results.json`` file itself).
-        expected: Top-level keys and the values the run must have recorded, e.g.
-            ``{"env": ..., "method_config": ..., "seed": 0, "eval_profiles": 10000}``; compared
-            after a JSON round trip. A stored run whose configuration differs is not complete (so a
-            changed hyperparameter reruns the job instead of keeping a stale result).
-
-    Returns:
-        ``True`` if the run can be skipped, else ``False`` (never raises on a bad file).
-    """
-    path = Path(run_dir)
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        return False
-    if _problems(data):
-        return False
-    if expected:
-        want = _canonical(dict(expected))
-        if any(k not in data or data[k] != v for k, v in want.items()):
-            return False
-    return True
-
-
-def load_run(path: str | os.PathLike) -> RunRecord:
-    """Reads one ``results.json``.
-
-    Args:
-        path: The file, or the run directory holding it.
-
-    Raises:
-        ValueError: If the file does not parse or lacks a required key or value.
-        OSError: If it cannot be read.
-    """
-    path = Path(path)
-    if path.is_dir():
-        path = path / "results.json"
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-    problems = _problems(data)
-    if problems:
-        raise ValueError(f"{path}: incomplete results ({'; '.join(problems)})")
-    env = data["env"]
-
-    def opt(key: str) -> float | None:
-        value = data.get(key)
-        return float(value) if _finite(value) else None
-
-    return RunRecord(
-        path=path,
-        setting=str(data["setting"]),
-        n=int(env["n_agents"]),
-        m=int(env["size"]),
-        method=str(data.get("variant") or data["method"]),
-        seed=int(data["seed"]),
-        mean=float(data["mean"]),
-        stderr=float(data["stderr"]),
-        vcg_mean=float(data["vcg_mean"]),
-        vcg_stderr=float(data["vcg_stderr"]),
-        known_optimum=opt("known_optimum"),
-        known_optimum_stderr=opt("known_optimum_stderr"),
-        optimality_ratio=opt("optimality_ratio"),
-        runtime_seconds=float(data["runtime_seconds"]),
-        steps=int(data["steps"]),
-        eval_profiles=int(data["eval_profiles"]) if _finite(data.get("eval_profiles")) else None,
-        eval_seed=int(data["eval_seed"]) if _finite(data.get("eval_seed")) else None,
-        grid_candidates=int(data["grid_candidates"]) if _finite(data.get("grid_candidates")) else None,
-    )
-
-
-def collect_results(root: str | os.PathLike) -> list[RunRecord]:
+def collect_results(root: str | os.PathLike) -> list[RunResult]:
     """Every usable ``results.json`` below ``root``, sorted by setting, cell and method.
 
     Unreadable or incomplete files are skipped with a logged warning. When several runs share a
@@ -395,19 +214,21 @@ def collect_results(root: str | os.PathLike) -> list[RunRecord]:
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"no such directory: {root}")
-    chosen: dict[tuple[str, int, int, str], tuple[float, RunRecord]] = {}
-    for path in sorted(root.rglob("results.json")):
+    chosen: dict[tuple[str, int, int, str], tuple[float, RunResult]] = {}
+    for path in sorted(root.rglob(RESULTS_FILE)):
         try:
-            record = load_run(path)
+            record = read_result(path)
             mtime = path.stat().st_mtime
         except (OSError, ValueError) as err:
-            log.warning("skipping %s: %s", path, err)
+            log.warning("skipping %s", err)
             continue
-        key = (record.setting, record.n, record.m, record.method)
+        if record.training is None:
+            continue
+        key = (record.setting, record.n_agents, record.size, record.label)
         if key in chosen:
             old_mtime, old = chosen[key]
             keep, drop = (record, old) if mtime >= old_mtime else (old, record)
-            log.warning("two runs of %s n=%d m=%d %s: using %s, ignoring %s", *key, keep.path, drop.path)
+            log.warning("two runs of %s n=%d m=%d %s: using %s, ignoring %s", *key, keep.source, drop.source)
             chosen[key] = (max(mtime, old_mtime), keep)
         else:
             chosen[key] = (mtime, record)
@@ -415,35 +236,6 @@ def collect_results(root: str | os.PathLike) -> list[RunRecord]:
 
 
 # ----------------------------------------------------------------------------------- paper tables
-
-
-def _parse_percent(text: str) -> float | None:
-    text = text.strip()
-    if not text or text.upper() == "N/A":
-        return None
-    return float(text.rstrip("%"))
-
-
-def load_paper_tables() -> list[PaperRow]:
-    """The published figures of Tables 1-5 (``dmd_torch/data/paper_tables.csv``), in the paper's order."""
-    text = resources.files("dmd_torch").joinpath("data", "paper_tables.csv").read_text(encoding="utf-8")
-    rows = []
-    for r in csv.DictReader(io.StringIO(text)):
-        cols = ("vcg", *METHODS)
-        rows.append(
-            PaperRow(
-                table=int(r["table"]),
-                setting=r["setting"],
-                objective=r["objective"],
-                n=int(r["n"]),
-                m=int(r["m"]),
-                values={c: float(r[c]) for c in cols},
-                text={c: r[c].strip() for c in cols},
-                best_improvement=_parse_percent(r["paper_best_improvement"]),
-                known_optimum=float(r["known_optimum"]) if r["known_optimum"].strip() else None,
-            )
-        )
-    return rows
 
 
 # ------------------------------------------------------------------------------------ computation
@@ -460,12 +252,12 @@ def improvement_pct(value: float, vcg: float) -> float | None:
     return 100.0 * (value - vcg) / abs(vcg)
 
 
-def best_improvement(runs: Mapping[str, RunRecord], maximize: bool) -> tuple[str | None, float | None]:
+def best_improvement(runs: Mapping[str, RunResult], sign: float) -> tuple[str | None, float | None]:
     """Our best method of a cell and its improvement over VCG (paper's sign convention).
 
     Args:
         runs: The cell's runs by method label (the paper's :data:`METHODS` and any variants).
-        maximize: ``True`` for revenue (best = highest mean), ``False`` for makespan (lowest).
+        sign: ``+1`` for revenue (best = highest mean), ``-1`` for makespan (lowest).
 
     Returns:
         ``(method, percent)``; ``(None, None)`` without runs; the percent is ``None`` when VCG is 0.
@@ -473,23 +265,22 @@ def best_improvement(runs: Mapping[str, RunRecord], maximize: bool) -> tuple[str
     """
     if not runs:
         return None, None
-    pick = max if maximize else min
-    method = pick(runs, key=lambda k: runs[k].mean)
-    rec = runs[method]
-    return method, improvement_pct(rec.mean, rec.vcg_mean)
+    method = max(runs, key=lambda k: sign * runs[k].evaluation.mean)
+    ev = runs[method].evaluation
+    return method, improvement_pct(ev.mean, ev.vcg_mean)
 
 
 def build_rows(
-    spec: TableSpec, records: Iterable[RunRecord], paper: Sequence[PaperRow] | None = None
+    spec: TableSpec, records: Iterable[RunResult], paper: Sequence[PaperRow] | None = None
 ) -> list[Row]:
     """The rows of one table: the paper's cells in the paper's order, then any extra cells we ran.
 
     Args:
         spec: The table.
         records: Runs (any settings; those of other settings are ignored).
-        paper: The published rows; default :func:`load_paper_tables`.
+        paper: The published rows; default :func:`dmd_torch.reference.paper_tables`.
     """
-    paper = load_paper_tables() if paper is None else paper
+    paper = paper_tables() if paper is None else paper
     rows: dict[tuple[int, int], Row] = {}
     for p in paper:
         if p.table == spec.number:
@@ -498,12 +289,12 @@ def build_rows(
     for rec in records:
         if rec.setting != spec.setting:
             continue
-        key = (rec.n, rec.m)
-        row = rows.get(key) or extra.setdefault(key, Row(n=rec.n, m=rec.m))
-        if rec.method in row.runs:
-            raise ValueError(f"two runs of {rec.method} for table {spec.number} n={rec.n} m={rec.m}: "
-                             f"{row.runs[rec.method].path} and {rec.path}")
-        row.runs[rec.method] = rec
+        key = (rec.n_agents, rec.size)
+        row = rows.get(key) or extra.setdefault(key, Row(n=rec.n_agents, m=rec.size))
+        if rec.label in row.runs:
+            raise ValueError(f"two runs of {rec.label} for {spec.name} n={rec.n_agents} m={rec.size}: "
+                             f"{row.runs[rec.label].source} and {rec.source}")
+        row.runs[rec.label] = rec
     ordered = list(rows.values()) + [extra[k] for k in sorted(extra, key=lambda k: (k[1], k[0]))]
     for row in ordered:
         runs = [row.runs[k] for k in METHODS if k in row.runs] + [
@@ -511,20 +302,19 @@ def build_rows(
         ]
         if not runs:
             continue
-        row.vcg_mean, row.vcg_stderr = runs[0].vcg_mean, runs[0].vcg_stderr
-        row.vcg_consistent = all(abs(r.vcg_mean - runs[0].vcg_mean) <= 1e-9 for r in runs)
-        row.best_method, row.best_improvement = best_improvement(row.runs, spec.maximize)
+        first = runs[0].evaluation
+        row.vcg_mean, row.vcg_stderr = first.vcg_mean, first.vcg_stderr
+        row.vcg_consistent = all(abs(r.evaluation.vcg_mean - first.vcg_mean) <= 1e-9 for r in runs)
+        row.best_method, row.best_improvement = best_improvement(row.runs, spec.sign)
         p = row.paper
-        if p is not None:
+        if p is not None and spec.paper_stderr_bound is not None:
             combined = math.hypot(row.vcg_stderr, spec.paper_stderr_bound)
             row.vcg_z = (row.vcg_mean - p.values["vcg"]) / combined
-            pick = max if spec.maximize else min
-            row.paper_best = pick(p.values[k] for k in METHODS)
+            row.paper_best = spec.sign * max(spec.sign * p.values[k] for k in METHODS)
             if row.best_method is not None:
-                gap = row.runs[row.best_method].mean - row.paper_best
-                row.best_gap = gap if spec.maximize else -gap
-        if spec.has_known_optimum and row.best_method is not None:
-            best = row.runs[row.best_method]
+                row.best_gap = spec.sign * (row.runs[row.best_method].evaluation.mean - row.paper_best)
+        if row.best_method is not None:
+            best = row.runs[row.best_method].evaluation
             row.known_optimum, row.known_optimum_stderr = best.known_optimum, best.known_optimum_stderr
             if best.known_optimum is not None and abs(best.known_optimum) > _ZERO:
                 row.optimality_ratio = best.mean / best.known_optimum
@@ -532,6 +322,16 @@ def build_rows(
 
 
 # -------------------------------------------------------------------------------------- rendering
+
+
+def _has_optimum(rows: Sequence[Row]) -> bool:
+    """Whether the table has a known optimum: ours evaluated, or a reference value."""
+    return any(r.known_optimum is not None or (r.paper is not None and r.paper.known_optimum is not None) for r in rows)
+
+
+def _training(run: RunResult) -> Training:
+    assert run.training is not None  # collect_results keeps training runs only
+    return run.training
 
 
 def table_methods(rows: Sequence[Row]) -> tuple[str, ...]:
@@ -588,11 +388,11 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     better = "higher" if spec.maximize else "lower"
     methods = table_methods(rows)
     head = ["n", "m", "VCG", *(_label(k) for k in methods), "best improvement"]
-    if spec.has_known_optimum:
+    if _has_optimum(rows):
         head += ["known optimum", "optimality ratio"]
     head.append("wall time (" + " / ".join(_short(k) for k in methods) + ")")
     lines = [
-        f"# Table {spec.number}: {spec.title}",
+        f"# {spec.heading}",
         "",
         f"Objective: {spec.objective} ({better} is better); m = {spec.m_label}. "
         "Each cell: ours ± standard error (paper's published figure); our best method in bold.",
@@ -609,7 +409,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         cells = [str(row.n), str(row.m), f"{vcg} ({_paper_text(row, 'vcg')})"]
         for k in methods:
             rec = row.runs.get(k)
-            ours = _ours(rec.mean, rec.stderr, bold=k == row.best_method) if rec else _MISSING
+            ours = _ours(rec.evaluation.mean, rec.evaluation.stderr, bold=k == row.best_method) if rec else _MISSING
             cells.append(f"{ours} ({_paper_text(row, k)})")
         if row.best_method is None:
             ours_imp = _MISSING
@@ -617,22 +417,23 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
             ours_imp = f"{_pct(row.best_improvement)} [{_short(row.best_method)}]"
         paper_imp = _MISSING if row.paper is None else _pct(row.paper.best_improvement)
         cells.append(f"{ours_imp} ({paper_imp})")
-        if spec.has_known_optimum:
+        if _has_optimum(rows):
             ref = row.paper.known_optimum if row.paper is not None else None
             opt = _ours(row.known_optimum, row.known_optimum_stderr) if row.known_optimum is not None else _MISSING
             cells.append(f"{opt} ({_fmt(ref, 5)})")
             cells.append(_fmt(row.optimality_ratio, 3))
-        cells.append(" / ".join(_duration(row.runs[k].runtime_seconds) if k in row.runs else _MISSING for k in methods))
+        cells.append(" / ".join(_duration(_training(row.runs[k]).runtime_seconds) if k in row.runs else _MISSING
+                                for k in methods))
         lines.append("| " + " | ".join(cells) + " |")
     records = [r for row in rows for r in row.runs.values()]
-    profiles = sorted({r.eval_profiles for r in records if r.eval_profiles is not None})
-    seeds = sorted({r.seed for r in records})
-    budgets = sorted({r.grid_candidates for r in records if r.method == "grid" and r.grid_candidates})
-    total = sum(r.runtime_seconds for r in records)
-    paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in METHODS)
+    profiles = sorted({r.evaluation.profiles for r in records})
+    seeds = sorted({_training(r).seed for r in records})
+    budgets = sorted({_training(r).grid_candidates for r in records if _training(r).method == "grid"})
+    total = sum(_training(r).runtime_seconds for r in records)
+    paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in spec.paper_runtime_hours)
     imp_sign = (
-        "positive = more revenue than VCG" if spec.maximize
-        else "negative = shorter makespan than VCG, i.e. better, as the paper prints it"
+        f"positive = more {spec.objective} than VCG" if spec.maximize
+        else f"negative = less {spec.objective} than VCG, i.e. better, as the paper prints it"
     )
     variants = [k for k in methods if k not in METHODS]
     notes = [
@@ -643,25 +444,28 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         f"per run (paper: 10000); training seed(s) {', '.join(map(str, seeds)) or '—'}; "
         f"total wall time {_duration(total) if records else _MISSING}"
         + (f"; grid: {', '.join(map(str, budgets))} Sobol points per run (paper: 10000)." if budgets else "."),
-        f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; runtime {paper_hours}.",
     ]
+    if spec.number is not None:
+        notes.append(f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; "
+                     f"runtime {paper_hours}.")
     if variants:
         notes.append(
             f"* {', '.join(_label(k) for k in variants)}: this library's configuration(s) of a method "
             "(conf/method/<name>.yaml), not in the paper (no published figure); counted in our best."
         )
-    if spec.has_known_optimum:
+    if _has_optimum(rows):
         notes.append(
-            "* Known optimum: the optimal (Myerson) mechanism's revenue on our evaluation profiles (reference value "
-            "in parentheses, not from the paper); optimality ratio = our best mean / known optimum."
+            "* Known optimum: the objective of the setting's known optimal mechanism on our evaluation profiles "
+            "(reference value in parentheses, not from the paper); optimality ratio = our best mean / known optimum."
         )
     if inconsistent:
         notes.append("* \\*: the runs of this cell evaluated VCG on different profiles; shown: the first method's.")
     notes += _check_notes(spec, rows)
-    notes.append(
-        "* Source of the published figures: Curry, Thoma, Chakrabarti, McAleer, Kroer, Sandholm, He & Seuken, "
-        "*Automated Design of Affine Maximizer Mechanisms in Dynamic Settings*, AAAI-24 (see dmd_torch/data/README.md)."
-    )
+    if spec.number is not None:
+        notes.append(
+            "* Source of the published figures: Curry, Thoma, Chakrabarti, McAleer, Kroer, Sandholm, He & Seuken, "
+            "*Automated Design of Affine Maximizer Mechanisms in Dynamic Settings*, AAAI-24 (see dmd_torch/data/README.md)."
+        )
     return "\n".join(lines + notes) + "\n"
 
 
@@ -678,14 +482,14 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
 
     vcg = [r for r in rows if r.vcg_z is not None]
     best = [r for r in rows if r.best_gap is not None]
-    notes = [
+    notes = [] if spec.number is None else [
         line(f"our VCG within {VCG_Z_MAX:g} combined standard errors of the published one (ours and the "
              f"caption's bound {spec.paper_stderr_bound:g})", vcg,
              [(r, f"{r.vcg_z:+.1f} SE") for r in vcg if abs(r.vcg_z) > VCG_Z_MAX]),
         line("our best at least as good as the paper's best method", best,
-             [(r, f"{r.runs[r.best_method].mean:.4f} vs {r.paper_best:.4f}") for r in best if r.best_gap < 0]),
+             [(r, f"{r.runs[r.best_method].evaluation.mean:.4f} vs {r.paper_best:.4f}") for r in best if r.best_gap < 0]),
     ]
-    if spec.has_known_optimum:
+    if _has_optimum(rows):
         opt = [r for r in rows if r.optimality_ratio is not None]
         notes.append(line(f"optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", opt,
                           [(r, f"{r.optimality_ratio:.3f}") for r in opt if r.optimality_ratio < MIN_OPTIMALITY_RATIO]))
@@ -694,12 +498,12 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
         for r in rows:
             runs = {k: r.runs[k] for k in METHODS if k in r.runs}
             if runs:
-                paper_only.append((r, runs[best_improvement(runs, spec.maximize)[0]].mean))
+                paper_only.append((r, runs[best_improvement(runs, spec.sign)[0]].evaluation.mean))
         gap = [(r, b) for r, b in paper_only if r.paper_best is not None]
         notes.append(line("with the paper's three methods only, our best at least as good as the paper's best", gap,
                           [(r, f"{b:.4f} vs {r.paper_best:.4f}") for r, b in gap
-                           if (b < r.paper_best if spec.maximize else b > r.paper_best)]))
-        if spec.has_known_optimum:
+                           if spec.sign * (b - r.paper_best) < 0]))
+        if _has_optimum(rows):
             ratio = [(r, b / r.known_optimum) for r, b in paper_only if r.known_optimum]
             notes.append(line(f"with the paper's three methods only, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}",
                               ratio, [(r, f"{x:.3f}") for r, x in ratio if x < MIN_OPTIMALITY_RATIO]))
@@ -733,7 +537,7 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     writer.writerow(header)
     for row in rows:
         p = row.paper
-        line = [str(spec.number), spec.setting, spec.objective, str(row.n), str(row.m),
+        line = [str(spec.number or ""), spec.setting, spec.objective, str(row.n), str(row.m),
                 _num(row.vcg_mean), _num(row.vcg_stderr), p.text["vcg"] if p else ""]
         for k in methods:
             rec = row.runs.get(k)
@@ -741,9 +545,11 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
             if rec is None:
                 line += ["", "", paper, "", "", "", "", "", ""]
                 continue
-            line += [_num(rec.mean), _num(rec.stderr), paper,
-                     _num(improvement_pct(rec.mean, rec.vcg_mean)), _num(rec.optimality_ratio),
-                     _num(rec.runtime_seconds), _num(rec.steps), _num(rec.seed), str(rec.path.parent)]
+            ev, tr = rec.evaluation, _training(rec)
+            line += [_num(ev.mean), _num(ev.stderr), paper,
+                     _num(improvement_pct(ev.mean, ev.vcg_mean)), _num(ev.optimality_ratio),
+                     _num(tr.runtime_seconds), _num(tr.steps), _num(tr.seed),
+                     str(rec.source.parent) if rec.source is not None else ""]
         line += [row.best_method or "", _num(row.best_improvement), _num(p.best_improvement) if p else "",
                  _num(row.known_optimum), _num(row.known_optimum_stderr),
                  _num(p.known_optimum) if p else "", _num(row.optimality_ratio), _num(row.vcg_z),
@@ -778,7 +584,7 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
                 mean, se = row.vcg_mean, row.vcg_stderr
             else:
                 rec = row.runs.get(col)
-                mean, se = (rec.mean, rec.stderr) if rec else (None, None)
+                mean, se = (rec.evaluation.mean, rec.evaluation.stderr) if rec else (None, None)
             if mean is not None:
                 ax.bar(x, mean, width * 0.92, yerr=se, color=colors[col], capsize=2, ecolor="k")
             if row.paper is not None and col in row.paper.values:
@@ -787,17 +593,17 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
             ax.annotate("no run", (i, 0), xytext=(0, 3), textcoords="offset points", ha="center",
                         va="bottom", fontsize=7, color="0.4")
         ref = row.known_optimum if row.known_optimum is not None else (row.paper.known_optimum if row.paper else None)
-        if spec.has_known_optimum and ref is not None:
+        if _has_optimum(rows) and ref is not None:
             ax.plot([i - 0.45, i + 0.45], [ref, ref], color="tab:red", ls=":", lw=1.5)
     ax.set_xticks(range(len(rows)), [f"n={r.n}\nm={r.m}" for r in rows])
     ax.set_xlim(-0.6, len(rows) - 0.4)
     better = "higher" if spec.maximize else "lower"
     ax.set_ylabel(f"{spec.objective} ({better} is better)")
-    ax.set_title(f"Table {spec.number}: {spec.title}", fontsize=10)
+    ax.set_title(spec.heading, fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     handles = [Patch(color=colors[c], label="VCG" if c == "vcg" else _label(c)) for c in series]
     handles.append(Line2D([], [], color="k", lw=2, label="paper"))
-    if spec.has_known_optimum:
+    if _has_optimum(rows):
         handles.append(Line2D([], [], color="tab:red", ls=":", lw=1.5, label="known optimum"))
     ax.legend(handles=handles, fontsize=8, ncol=len(handles), loc="upper center",
               bbox_to_anchor=(0.5, -0.16), frameon=False)
@@ -812,16 +618,18 @@ def write_reports(
     root: str | os.PathLike,
     out: str | os.PathLike | None = None,
     tables: Iterable[int] | None = None,
-) -> dict[int, list[Path]]:
-    """Collects the runs below ``root`` and writes ``table<k>.md``, ``.csv`` and ``.png`` into ``out``.
+) -> dict[str, list[Path]]:
+    """Collects the runs below ``root`` and writes a table per setting into ``out``: ``table<k>.md``,
+    ``.csv`` and ``.png`` for the paper's tables, ``<report key>.md`` (and ``.csv``, ``.png``) for a
+    setting outside them (a user's, with its known optimum where it has one).
 
     Args:
         root: The directory holding the runs (searched recursively for ``results.json``).
         out: Output directory; default ``root``.
-        tables: Table numbers to write; default every table with at least one run.
+        tables: The paper's tables to write (even without runs); default every setting with a run.
 
     Returns:
-        The written files by table number (empty if no run belongs to any of the paper's tables).
+        The written files by table name (``table1``, ..., or a report key).
 
     Raises:
         FileNotFoundError: If ``root`` is not a directory.
@@ -830,25 +638,24 @@ def write_reports(
     records = collect_results(root)
     out = Path(root if out is None else out)
     if tables is None:
-        wanted = sorted({_BY_SETTING[r.setting].number for r in records if r.setting in _BY_SETTING})
+        specs = [TABLES[k] for k in sorted({_BY_SETTING[r.setting].number for r in records if r.setting in _BY_SETTING})]
+        others = {r.setting: r for r in records if r.setting not in _BY_SETTING}
+        specs += [TableSpec.for_setting(others[k]) for k in sorted(others)]
     else:
         wanted = sorted(set(tables))
         unknown = [t for t in wanted if t not in TABLES]
         if unknown:
             raise ValueError(f"unknown table(s) {unknown}; allowed: {', '.join(map(str, TABLES))}")
-    ignored = sorted({r.setting for r in records if r.setting not in _BY_SETTING})
-    if ignored:
-        log.warning("ignoring runs of settings outside the paper's tables: %s", ", ".join(ignored))
-    paper = load_paper_tables()
-    written: dict[int, list[Path]] = {}
-    for number in wanted:
-        spec = TABLES[number]
+        specs = [TABLES[k] for k in wanted]
+    paper = paper_tables()
+    written: dict[str, list[Path]] = {}
+    for spec in specs:
         rows = build_rows(spec, records, paper)
-        md, csv_path = out / f"table{number}.md", out / f"table{number}.csv"
+        md, csv_path = out / f"{spec.name}.md", out / f"{spec.name}.csv"
         with atomic_write(md) as tmp:
             tmp.write_text(render_markdown(spec, rows), encoding="utf-8")
         with atomic_write(csv_path) as tmp:
             tmp.write_text(table_csv(spec, rows), encoding="utf-8")
-        png = plot_table(spec, rows, out / f"table{number}.png")
-        written[number] = [md, csv_path, png]
+        png = plot_table(spec, rows, out / f"{spec.name}.png")
+        written[spec.name] = [md, csv_path, png]
     return written

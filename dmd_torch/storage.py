@@ -1,6 +1,7 @@
 """Saving and loading mechanisms; atomic (write-then-rename) file output.
 
-``mechanism.json`` is human-readable: ``env`` (the setting's block), ``weights``, ``boosts[S][A]``,
+``mechanism.json`` is human-readable: ``env`` (the setting's config block: ``_target_`` and its
+constructor arguments, :meth:`~dmd_torch.envs.Setting.config`), ``weights``, ``boosts[S][A]``,
 ``states`` (labels: histories as lists of actions, gridworld cells as ``[x, y]``) and ``actions``.
 Loading maps rows and columns by label, so a file listing states or actions in another order loads
 correctly. ``mechanism.pt`` is the module's ``state_dict`` (its extra state names the setting).
@@ -18,7 +19,7 @@ from typing import Any
 
 import torch
 
-from dmd_torch.envs import Setting, make_env
+from dmd_torch.envs import Setting, setting_from_config
 from dmd_torch.mechanism import AMA
 
 __all__ = ["atomic_write", "write_json", "save_mechanism", "load_mechanism", "mechanism_to_dict", "mechanism_from_dict"]
@@ -88,7 +89,7 @@ def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) ->
 
     Args:
         data: The parsed JSON.
-        setting: The setting; default rebuilds it from ``data["env"]`` with :func:`make_env`.
+        setting: The setting; default rebuilds it from ``data["env"]`` (:func:`~dmd_torch.envs.setting_from_config`).
 
     Raises:
         ValueError: On missing keys, non-positive or non-finite weights, or boosts whose shape or
@@ -98,9 +99,7 @@ def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) ->
     if missing:
         raise ValueError(f"mechanism file lacks {', '.join(missing)}")
     if setting is None:
-        env = dict(data["env"])
-        name = env.pop("name", None)
-        setting = make_env(name, **env)
+        setting = setting_from_config(data["env"])
     mdp = setting.mdp
     S, A = mdp.shape
     w = _check_numbers("weights", data["weights"])
@@ -151,7 +150,7 @@ def load_mechanism(path: str | os.PathLike, setting: Setting | None = None) -> A
 
     Args:
         path: A file, or a run directory containing ``mechanism.json``.
-        setting: The setting (needed only for settings :func:`make_env` cannot rebuild).
+        setting: The setting (default: rebuilt from the file's ``env`` block).
     """
     path = Path(path)
     if path.is_dir():
@@ -170,8 +169,7 @@ def load_mechanism(path: str | os.PathLike, setting: Setting | None = None) -> A
         if setting is None:
             if not extra or "env" not in extra:
                 raise ValueError(f"{path} does not name its setting; pass setting=")
-            env = dict(extra["env"])
-            setting = make_env(env.pop("name"), **env)
+            setting = setting_from_config(extra["env"])
         ama = AMA(setting)
         lw = state.get("log_weights")
         if lw is None or not torch.isfinite(lw).all() or not torch.isfinite(state.get("boosts", lw)).all():

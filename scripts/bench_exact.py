@@ -1,4 +1,4 @@
-"""Benchmark of exact evaluation (issue: core) — prints ratios measured side by side in one run.
+"""Benchmark of exact evaluation: prints ratios measured side by side in one run.
 
 1. For one cell of each setting: the exact outcome (:meth:`~dmd_torch.AMA.outcome`: policy, values,
    payments, revenue, loss; all ``n + 1`` follower problems per profile answered, batched) of
@@ -6,7 +6,7 @@
    (the LPs of ``--lp-profiles`` of them, timed per LP and extrapolated), and the speed-up: first
    with HiGHS solving the problems the exact path solves (the full one, and those without each
    agent except where ``asw^(-i) = asw`` is certified without a solve,
-   :func:`~dmd_torch.mechanism.certified_without`; "LPs/profile", counted over all profiles),
+   :func:`~dmd_torch.follower.certified_without`; "LPs/profile", counted over all profiles),
    then with HiGHS solving all ``n + 1``.
 2. The VCG column of the paper's Tables 1-5 (32 cells, ``--profiles`` profiles each), timed.
 3. Grid search's batches on the gridworld (a Sobol candidate's ``n + 1`` problems on 2,000
@@ -37,7 +37,7 @@ from dmd_torch import AMA, make_env
 from dmd_torch.checks import check_int
 from dmd_torch.evaluation import objective_values, profile_chunk
 from dmd_torch.exact import mean_reward_policy, optimal_values, solve_exact, solve_lp_highs
-from dmd_torch.mechanism import affine_problems, affine_rewards, certified_without
+from dmd_torch.follower import affine_problems, affine_rewards, certified_without
 from dmd_torch.methods.grid import GridSearch, sobol_candidates
 from dmd_torch.runtime import tune_allocator
 
@@ -88,7 +88,7 @@ def main() -> None:
 
         cold_rate = args.profiles / exact_pass()  # also the warm-up (lazy imports, first touch of memory)
         # the problems the exact path solves: the full one, and those without the agents for whom
-        # asw^(-i) = asw is not certified without a solve (mechanism.certified_without)
+        # asw^(-i) = asw is not certified without a solve (follower.certified_without)
         solved = torch.cat([
             torch.cat([torch.ones(len(t), 1, dtype=torch.bool),
                        ~certified_without(env.mdp, env.rewards(t), ama.outcome(t).agent_values)], dim=1)
@@ -96,7 +96,7 @@ def main() -> None:
         ])
         lps_per_profile = float(solved.sum()) / args.profiles  # over all profiles, not just HiGHS's subset
         lp_types = types[: args.lp_profiles]
-        c = ama.affine_rewards(env.rewards(lp_types)).detach()  # [P, n + 1, S, A]
+        c = affine_rewards(env.rewards(lp_types), ama.weights.detach(), ama.boosts.detach())  # [P, n + 1, S, A]
         solve_lp_highs(env.mdp, c[0, :1])  # warm-up: SciPy's lazy imports stay out of the timing
         lp_sets = ((c[solved[: args.lp_profiles]], lps_per_profile), (c.flatten(0, 1), n + 1.0))
         exact_rates, highs_rates = [], [[], []]
@@ -132,13 +132,13 @@ def main() -> None:
         env = make_env("gridworld", n_agents=n, size=m)
         grid = GridSearch(num_points=4)
         types = grid.training_profiles(env, args.seed)
-        lw, b = sobol_candidates(AMA(env), grid.num_points, args.seed)
+        lw, b = sobol_candidates(AMA(env), grid.config.num_points, args.seed)
         r = env.rewards(types)
         times = {}
         for label in ("default", "mean"):
             values = []
             t0 = time.perf_counter()
-            for k in range(grid.num_points):  # one candidate per batch, as grid search does for 2000 profiles
+            for k in range(grid.config.num_points):  # one candidate per batch, as grid search does for 2000 profiles
                 c = affine_rewards(r, lw[k].exp(), b[k])  # [P, n + 1, S, A]
                 start = mean_reward_policy(env.mdp, c, (0, 1)) if label == "mean" else None
                 values.append(solve_exact(env.mdp, c, occupancy=False, init_policy=start).value)
@@ -152,10 +152,10 @@ def main() -> None:
         env = make_env("seq_sales", n_agents=n, size=m, distribution=dist)
         grid = GridSearch(num_points=4)
         types = grid.training_profiles(env, args.seed)
-        lw, b = sobol_candidates(AMA(env), grid.num_points, args.seed)
+        lw, b = sobol_candidates(AMA(env), grid.config.num_points, args.seed)
         r = env.rewards(types)
         t_all = t_split = 0.0
-        for k in range(grid.num_points):
+        for k in range(grid.config.num_points):
             t0 = time.perf_counter()
             every = solve_exact(env.mdp, affine_rewards(r, lw[k].exp(), b[k]), occupancy=False).value  # [P, n + 1]
             t_all += time.perf_counter() - t0

@@ -1,8 +1,8 @@
-"""Reproduced tables from a sweep: ``python scripts/make_tables.py outputs/<experiment> [--out DIR] [--table K ...]``.
+"""Tables from a sweep: ``python scripts/make_tables.py outputs/<experiment> [--out DIR] [--table K ...]``.
 
-Collects every ``results.json`` below the directory and writes ``table<k>.md``, ``table<k>.csv`` and
-``table<k>.png`` (ours beside the paper's published figures) for every table with runs; see
-:mod:`dmd_torch.report` and ``docs/sweeps.md``.
+Collects every ``results.json`` below the directory and writes ``table<k>.md``, ``.csv`` and ``.png``
+(ours beside the paper's published figures) for every paper table with runs, and ``<setting>.md``
+(``.csv``, ``.png``) for every other setting with runs; see :mod:`dmd_torch.report` and ``docs/sweeps.md``.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if not written:
-        print(f"error: no results.json of the paper's settings below {args.directory}", file=sys.stderr)
+        print(f"error: no results.json of a training run below {args.directory}", file=sys.stderr)
         return 1
-    for number, paths in written.items():
-        print(f"table {number}: " + ", ".join(str(p) for p in paths))
+    for name, paths in written.items():
+        print(f"{name}: " + ", ".join(str(p) for p in paths))
     return 0
 
 

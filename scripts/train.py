@@ -6,6 +6,9 @@ import hydra
 from omegaconf import DictConfig
 
 from dmd_torch.app import run
+from dmd_torch.config import register_configs
+
+register_configs()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
@@ -14,6 +17,8 @@ def main(cfg: DictConfig) -> None:
         run(cfg)
     except ValueError as err:  # bad input: one line, no traceback
         raise SystemExit(f"error: {err}") from None
+    except KeyboardInterrupt:  # the run has said what it left behind
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

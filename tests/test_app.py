@@ -10,21 +10,28 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
 
-from dmd_torch import app
-from dmd_torch.app import method_from_config, reference_key, setting_from_config
+from dmd_torch import app, make_env, setting_from_config
+from dmd_torch.config import METHOD_CONFIGS, TrainConfig, register_configs
+from dmd_torch.envs import ENVS
+from dmd_torch.methods import make_method
+from dmd_torch.results import read_result
 from dmd_torch.storage import load_mechanism
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
-ENVS = sorted(p.stem for p in (CONF / "env").glob("*.yaml"))
-METHODS = sorted(p.stem for p in (CONF / "method").glob("*.yaml"))
+ENV_OPTIONS = sorted([*ENVS, *(p.stem for p in (CONF / "env").glob("*.yaml") if p.stem != "custom")])
+METHOD_OPTIONS = sorted([*METHOD_CONFIGS, *(p.stem for p in (CONF / "method").glob("*.yaml"))])
 TINY = ["heldout_profiles=60", "eval.profiles=200", "progress=false"]
 TINY_METHOD = {
     "reg_lp": ["method.steps=4", "method.eval_every=2", "method.multistart.starts=1"],
     "zeroth_order": ["method.steps=4", "method.eval_every=2", "method.num_perturbations=4"],
     "grid": ["method.num_points=8", "method.profiles=40"],
 }
+
+register_configs()
 
 
 def _compose(overrides: list[str]):
@@ -40,24 +47,41 @@ def _restore_threads():
 
 
 def test_config_groups_are_complete():
-    assert ENVS == ["gridworld", "scheduling", "scheduling_asym", "seq_sales", "seq_sales_asym"]
-    assert METHODS == ["grid", "reg_lp", "reg_lp_tuned", "zeroth_order"]
+    assert ENV_OPTIONS == ["gridworld", "scheduling", "scheduling_asym", "seq_sales", "seq_sales_asym"]
+    assert METHOD_OPTIONS == ["grid", "reg_lp", "reg_lp_tuned", "zeroth_order"]
 
 
-@pytest.mark.parametrize("env", ENVS)
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("env", ENV_OPTIONS)
+@pytest.mark.parametrize("method", METHOD_OPTIONS)
 def test_every_config_composes_and_instantiates(env, method):
     cfg = _compose([f"env={env}", f"method={method}"])
-    setting = setting_from_config(cfg.env)
-    m = method_from_config(cfg.method)
-    m.check_setting(setting)
-    assert m.name == method.removesuffix("_tuned") and setting.name == cfg.env.name
-    assert reference_key(setting) in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld"}
+    job = app.prepare(OmegaConf.merge(cfg, {"output_dir": "unused"}))
+    assert job.method.name == method.removesuffix("_tuned") and job.method.config.variant == method
+    assert job.setting.report_key in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld"}
+    assert job.setting.config() == setting_from_config(OmegaConf.to_container(cfg.env)).config()
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+def test_python_and_the_command_line_share_the_defaults(name):
+    """make_method(name) from Python gets exactly what method=<name> gets on the command line."""
+    cfg = _compose([f"method={name}"])
+    assert OmegaConf.to_object(cfg.method) == make_method(name).config
+    assert app.load_config(OmegaConf.merge(cfg, {"env": {"_target_": "x"}})).method == make_method(name).config
+    defaults = TrainConfig(env={}, method=make_method(name).config)
+    composed = OmegaConf.to_object(cfg)
+    assert {k: getattr(composed, k) for k in ("seed", "eval", "threads", "force")} == \
+           {k: getattr(defaults, k) for k in ("seed", "eval", "threads", "force")}
+
+
+@pytest.mark.parametrize("name", sorted(ENVS))
+def test_env_configs_come_from_the_constructor(name):
+    cfg = _compose([f"env={name}"])
+    assert setting_from_config(OmegaConf.to_container(cfg.env)).config() == make_env(name).config()
 
 
 def test_defaults_carry_the_paper_hyperparameters():
     cfg = _compose([])
-    assert cfg.env.name == "seq_sales" and cfg.method.name == "reg_lp" and cfg.eval.profiles == 10_000
+    assert cfg.env._target_.endswith("SequentialSales") and cfg.method.name == "reg_lp" and cfg.eval.profiles == 10_000
     reg = _compose(["method=reg_lp"]).method
     assert (reg.alpha, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.01, 20, 0.01, "auto")
     tuned = _compose(["method=reg_lp_tuned"]).method
@@ -73,7 +97,7 @@ def test_defaults_carry_the_paper_hyperparameters():
 def _run(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
     out = tmp_path / "run"
     cfg = _compose([*TINY, f"output_dir={out}", *overrides])
-    return app.run(cfg), out
+    return app.run(cfg).to_dict(), out
 
 
 @pytest.mark.parametrize(
@@ -89,19 +113,17 @@ def _run(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
 def test_run_end_to_end_writes_all_files(tmp_path, env, method, extra):
     results, out = _run(tmp_path, [f"env={env}", f"method={method}", *TINY_METHOD[method], *extra])
     saved = json.loads((out / "results.json").read_text())
-    assert saved == json.loads(json.dumps(results))
-    for key in ("setting", "env", "method", "seed", "vcg_mean", "vcg_stderr", "mean", "stderr", "improvement_pct",
-                "known_optimum", "optimality_ratio", "runtime_seconds", "steps"):
-        assert key in saved, key
-    assert saved["method"] == saved["variant"] == method and saved["eval_profiles"] == 200 and saved["runtime_seconds"] > 0
-    assert "variant" not in saved["method_config"]  # a label, not a setting: relabelling keeps a finished run
+    assert saved == json.loads(json.dumps(results)) and read_result(out).to_dict() == saved
+    ev, tr = saved["evaluation"], saved["training"]
+    assert tr["method"] == tr["variant"] == method and ev["profiles"] == 200 and tr["runtime_seconds"] > 0
+    assert "variant" not in tr["config"]  # a label, not a setting: relabelling keeps a finished run
     assert saved["setting"] == {"seq_sales_asym": "seq_sales_asym", "seq_sales": "seq_sales_sym",
                                 "scheduling_asym": "scheduling_asym", "gridworld": "gridworld"}[env]
     if env.startswith("seq_sales"):
-        assert 0 < saved["known_optimum"] and saved["optimality_ratio"] == pytest.approx(saved["mean"] / saved["known_optimum"])
+        assert 0 < ev["known_optimum"] and ev["optimality_ratio"] == pytest.approx(ev["mean"] / ev["known_optimum"])
     else:
-        assert saved["known_optimum"] is None and saved["optimality_ratio"] is None
-    assert saved["steps"] == (0 if method == "grid" else 4 * saved["starts"])
+        assert ev["known_optimum"] is None and ev["optimality_ratio"] is None
+    assert tr["steps"] == (0 if method == "grid" else 4 * tr["starts"])
     ama = load_mechanism(out)
     assert torch.allclose(ama.boosts, load_mechanism(out / "mechanism.pt").boosts)
     assert (out / "training_curve.png").read_bytes()[:4] == b"\x89PNG"
@@ -129,16 +151,17 @@ def test_tensorboard_records_training_and_hparams(tmp_path):
         (["method.alpha=-1"], "alpha"),
         (["method.profiles_per_step=0"], "profiles_per_step"),
         (["method.optimizer.name=Adamm"], "optimizer 'Adamm'; allowed"),
-        (["method.name=newton"], "unknown method 'newton'; allowed: grid, zeroth_order, reg_lp"),
-        (["env=gridworld", "method.backend=tree"], "backend 'tree'.*allowed here: auto, newton, cvxpylayers"),
+        (["method.optimizer.name=LBFGS"], "optimizer 'LBFGS'; allowed"),
+        (["method.name=newton"], "unknown method 'newton'; allowed: grid, reg_lp, zeroth_order"),
+        (["env=gridworld", "method.backend=tree"], "backend 'tree' does not apply.*allowed here: auto, newton, cvxpylayers"),
         (["method=zeroth_order", "method.sigma=0"], "sigma"),
         (["method=grid", "method.profiles=0"], "profiles"),
         (["env.distribution=normal"], "allowed: symmetric, asymmetric"),
         (["heldout_profiles=0"], "heldout_profiles"),
         (["eval.profiles=1"], "eval.profiles"),
         (["device=tpu"], "device"),
-        (["tune_allocator=maybe"], "tune_allocator must be true or false"),
-        (["method.variant=a/b"], "method.variant must be a non-empty name"),
+        (["method.variant=a/b"], "method variant must be a non-empty name"),
+        (["env=custom", "env._target_=no.such.Setting"], "cannot import env _target_ 'no.such.Setting'"),
     ],
 )
 def test_bad_input_fails_before_any_work(tmp_path, overrides, match):
@@ -149,7 +172,19 @@ def test_bad_input_fails_before_any_work(tmp_path, overrides, match):
     assert not (tmp_path / "run").exists()
 
 
-def test_ctrl_c_leaves_no_partial_files(tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    "override, key",
+    [("tune_allocator=maybe", "tune_allocator"), ("force=maybe", "force"), ("seed=1.5", "seed"),
+     ("method.steps=many", "method.steps"), ("env.n_agents=two", "env.n_agents"), ("method.stepz=3", "method.stepz")],
+)
+def test_types_and_keys_are_checked_by_hydra(override, key):
+    """Booleans must be booleans, integers integers, keys known: Hydra refuses them at composition."""
+    with pytest.raises(ConfigCompositionException) as info:
+        _compose([override])
+    assert key in f"{info.value} {info.value.__cause__}"
+
+
+def test_ctrl_c_leaves_no_partial_files(tmp_path, monkeypatch, capsys):
     def interrupted_save(*args, **kwargs):
         raise KeyboardInterrupt
 
@@ -160,6 +195,7 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, monkeypatch):
     names = sorted(p.name for p in out.iterdir())
     assert "results.json" not in names and "mechanism.pt" not in names and "training_curve.png" not in names
     assert not [n for n in names if n.endswith(".tmp")]
+    assert "mechanism.json" in names and "holds mechanism.json of this run" in capsys.readouterr().out
     # the event files are closed whole: every record is readable
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -175,8 +211,7 @@ def test_train_script_runs_under_hydra(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "improvement" in proc.stdout and "VCG" in proc.stdout
-    results = json.loads((run_dir / "results.json").read_text())
-    assert results["setting"] == "seq_sales_sym" and (run_dir / ".hydra" / "config.yaml").exists()
+    assert read_result(run_dir).setting == "seq_sales_sym" and (run_dir / ".hydra" / "config.yaml").exists()
 
 
 def test_finished_run_is_skipped_unless_forced(tmp_path, capsys):
@@ -187,9 +222,9 @@ def test_finished_run_is_skipped_unless_forced(tmp_path, capsys):
     assert again == json.loads(json.dumps(first)) and (out / "results.json").stat().st_mtime_ns == stamp
     assert "skipping" in capsys.readouterr().out
     _run(tmp_path, [*overrides, "method.steps=2"])  # another configuration: runs again
-    assert json.loads((out / "results.json").read_text())["steps"] == 2
+    assert read_result(out).training.steps == 2
     _run(tmp_path, [*overrides, "force=true"])
-    assert json.loads((out / "results.json").read_text())["steps"] == 4
+    assert read_result(out).training.steps == 4
     assert len(list(out.glob("events.out.tfevents.*"))) == 2  # this run's (scalars + hparams) only
 
 
@@ -204,5 +239,6 @@ def test_train_script_bad_input_is_one_line(tmp_path):
 def test_variant_labels_the_run(tmp_path):
     """A method variant (reg_lp_tuned) runs its method and is recorded under its own label."""
     results, out = _run(tmp_path, ["env.n_agents=2", "method=reg_lp_tuned", *TINY_METHOD["reg_lp"]])
-    assert (results["method"], results["variant"]) == ("reg_lp", "reg_lp_tuned")
-    assert (results["method_config"]["alpha"], results["method_config"]["alpha_final"]) == (0.05, 0.02)
+    tr = results["training"]
+    assert (tr["method"], tr["variant"]) == ("reg_lp", "reg_lp_tuned")
+    assert (tr["config"]["alpha"], tr["config"]["alpha_final"]) == (0.05, 0.02)

@@ -37,7 +37,7 @@ def test_sampler_is_seeded():
 
 def test_scheduling_structure_and_rewards(gen):
     env = make_env("scheduling", n_agents=3, size=4)
-    assert env.mdp.shape == (1 + 3 + 9 + 27, 3) and env.objective == "makespan"
+    assert env.mdp.shape == (1 + 3 + 9 + 27, 3) and env.objective.name == "makespan" and not env.objective.maximize
     costs = env.sample_types(2, gen)
     r = env.rewards(costs)
     s = env.mdp.state_labels.index((2, 1))  # third task
@@ -104,20 +104,24 @@ def test_gridworld_torus_and_rewards(gen):
         (("gridworld",), {"gamma": 1.0}, r"gamma must lie in the open interval \(0, 1\)"),
         (("gridworld",), {"gamma": 0.0}, "gamma"),
         (("seq_sales",), {"gamma": 0.5}, "unknown option"),
-        (("gridworld",), {"size": 1}, "gridworld size must be >= 2"),
+        (("gridworld",), {"size": 1}, "gridworld size must be an integer >= 2"),
+        (("scheduling",), {"clamped": "yes"}, "clamped must be true or false"),
     ],
 )
 def test_bad_settings(args, kwargs, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         make_env(*args, **kwargs)
+    assert "\n" not in str(info.value)
 
 
 def test_bad_types_rejected():
     env = make_env("seq_sales", n_agents=2, size=2)
     with pytest.raises(ValueError, match="NaN or inf"):
-        env.rewards(torch.full((3, 2, 1), float("inf"), dtype=torch.float64))
+        env.checked_rewards(torch.full((3, 2, 1), float("inf"), dtype=torch.float64))
     with pytest.raises(ValueError, match=r"\[B, 2, 1\]"):
-        env.rewards(torch.zeros(3, 3, 1, dtype=torch.float64))
+        env.checked_rewards(torch.zeros(3, 3, 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match="floating-point"):
+        env.checked_rewards(torch.zeros(3, 2, 1, dtype=torch.long))
 
 
 @pytest.mark.parametrize("clamped", [False, True])
@@ -132,8 +136,8 @@ def test_makespan_loss_vector_matches_queue_simulation(gen, n, T, clamped):
     for s, h in enumerate(env.mdp.state_labels):
         if len(h) == T - 1:
             for a in range(A):
-                seq = torch.tensor([[w - 1 for w in h] + [a]])
-                expected[:, s, a] = queue_makespan(types, seq, clamped)[:, 0]
+                seq = torch.tensor([[w - 1 for w in h] + [a]]).expand(7, T)  # the same assignment per profile
+                expected[:, s, a] = queue_makespan(types, seq, clamped)
     torch.testing.assert_close(q, expected, rtol=0, atol=1e-12)
     assert (q[:, [s for s, h in enumerate(env.mdp.state_labels) if len(h) < T - 1]] == 0).all()
 
@@ -149,7 +153,100 @@ def test_makespan_along_the_path_equals_loss_vector(gen, clamped):
     occ = policy_occupancy(env.mdp, policy)
     expect = (env.loss_vector(types) * occ.dense()).sum((-2, -1))
     torch.testing.assert_close(env.policy_loss(types, occ), expect, rtol=1e-14, atol=1e-14)
-    # the per-profile form of queue_makespan agrees with the shared form
-    workers = occ.path % 3
-    shared = queue_makespan(types, workers, clamped)  # [B, B]: every assignment for every profile
-    torch.testing.assert_close(queue_makespan(types, workers.unsqueeze(1), clamped).squeeze(-1), shared.diagonal())
+    # leading dimensions of the assignments (e.g. candidate mechanisms) broadcast: every assignment
+    # for every profile, whose diagonal is each profile's own
+    workers = occ.path % 3  # [B, T]
+    every = queue_makespan(types, workers.unsqueeze(1).expand(40, 40, 4), clamped)  # [B (assignment), B (profile)]
+    torch.testing.assert_close(every.diagonal(), queue_makespan(types, workers, clamped), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    "name, options, key",
+    [
+        ("seq_sales", {}, "seq_sales_sym"),
+        ("seq_sales", {"distribution": "asymmetric"}, "seq_sales_asym"),
+        ("scheduling", {}, "scheduling_sym"),
+        ("scheduling", {"distribution": "asymmetric", "clamped": True}, "scheduling_asym_clamped"),
+        ("gridworld", {}, "gridworld"),
+        ("gridworld", {"distribution": "uniform", "gamma": 0.8}, "gridworld_uniform"),
+    ],
+)
+def test_settings_carry_their_knowledge(name, options, key):
+    """Report key, config block (rebuilds the same setting), defaults from the constructor, search box."""
+    from dmd_torch.envs import ENVS, setting_from_config
+
+    env = make_env(name, n_agents=2, size=3, **options)
+    assert env.report_key == key and isinstance(env, ENVS[name])
+    block = env.config()
+    assert block["_target_"].endswith(type(env).__qualname__) and block["n_agents"] == 2 and block["size"] == 3
+    again = setting_from_config(block)
+    assert again.config() == block and again.mdp.shape == env.mdp.shape
+    assert setting_from_config({"name": name, "n_agents": 2, "size": 3, **options}).config() == block
+    low, high = env.search_box()
+    assert torch.equal(high, torch.full(env.mdp.shape, env.boost_range, dtype=torch.float64)) and torch.equal(low, -high)
+    assert (env.known_optimum() is not None) == (name == "seq_sales")
+
+
+def test_known_optimum_is_myerson():
+    env = make_env("seq_sales", n_agents=3, size=2, distribution="asymmetric")
+    w, b = env.known_optimum()
+    assert torch.equal(w, torch.ones(3, dtype=torch.float64))
+    torch.testing.assert_close(b[:, 1:], -torch.tensor([1.0, 1 / 2, 1 / 3], dtype=torch.float64).expand(b.shape[0], 3) / 2)
+    assert (b[:, 0] == 0).all()
+
+
+@pytest.mark.parametrize(
+    "block, match",
+    [
+        ({}, "needs _target_ .* or name"),
+        ({"_target_": "no_such_module.Thing"}, "cannot import env _target_ 'no_such_module.Thing'"),
+        ({"_target_": "collections.OrderedDict"}, "is not a subclass of dmd_torch.Setting"),
+        ({"name": "seq_sales", "bogus": 1}, "unknown option.* bogus for seq_sales.*allowed: n_agents, size, distribution"),
+        ({"_target_": "dmd_torch.envs.Gridworld", "clamped": True}, "unknown option.* clamped for gridworld"),
+    ],
+)
+def test_bad_env_blocks(block, match):
+    from dmd_torch.envs import setting_from_config
+
+    with pytest.raises(ValueError, match=match) as info:
+        setting_from_config(block)
+    assert "\n" not in str(info.value)
+
+
+def test_settings_outputs_are_checked_at_the_boundary():
+    """A setting whose rewards, samples or loss vectors come out malformed is stopped with one line."""
+    from dmd_torch import AMA
+    from dmd_torch.envs.sales import SequentialSales
+    from dmd_torch.envs.scheduling import TaskScheduling
+
+    class OneProfile(SequentialSales):
+        def rewards(self, types):
+            return super().rewards(types)[:1]
+
+    class OneAgent(SequentialSales):
+        def rewards(self, types):
+            return super().rewards(types)[:, :1]
+
+    class Float32(SequentialSales):
+        def sample_types(self, num, generator=None):
+            return super().sample_types(num, generator).float()
+
+    class ShortLoss(TaskScheduling):
+        def loss_vector(self, types):
+            return super().loss_vector(types)[:, :-1]
+
+    types = torch.rand(5, 3, 1, dtype=torch.float64)
+    for cls, match in ((OneProfile, r"OneProfile.rewards must return shape \[5, 3, 5, 4\], got \[1, 3, 5, 4\]"),
+                       (OneAgent, r"OneAgent.rewards must return shape \[5, 3, 5, 4\], got \[5, 1, 5, 4\]")):
+        with pytest.raises(ValueError, match=match):
+            AMA.vcg(cls()).outcome(types)
+    with pytest.raises(ValueError, match="Float32.sample_types: types must have the MDP's dtype torch.float64, got torch.float32"):
+        from dmd_torch import evaluate
+
+        evaluate(AMA.vcg(Float32()), profiles=10)
+    sched = ShortLoss(n_agents=2, size=3)
+    from dmd_torch.exact import PolicyOccupancy
+
+    costs = sched.sample_types(4)
+    with pytest.raises(ValueError, match=r"ShortLoss.loss_vector must return shape \[4, 7, 2\]"):
+        sched.policy_loss(costs, PolicyOccupancy(sched.mdp.shape, nu=torch.zeros(4, 7, 2, dtype=torch.float64)))

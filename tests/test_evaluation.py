@@ -1,15 +1,13 @@
-"""Evaluation against the published reference values (``shared/reference``) and the IC/IR audit."""
+"""Evaluation against the independent reference values (``dmd_torch.reference``) and the IC/IR audit."""
 
-import csv
 import math
-from pathlib import Path
 
 import pytest
 import torch
 
-from dmd_torch import AMA, evaluate, ic_audit, known_optimum_mechanism, make_env
+from dmd_torch import AMA, evaluate, ic_audit, make_env
+from dmd_torch.reference import paper_tables, vcg_reference
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 SETTINGS = {
     "seq_sales_sym": ("seq_sales", "symmetric"),
     "seq_sales_asym": ("seq_sales", "asymmetric"),
@@ -21,42 +19,39 @@ SETTINGS = {
 FAST = {("seq_sales_sym", 3, 2), ("seq_sales_asym", 4, 3), ("scheduling_sym", 2, 4), ("scheduling_asym", 3, 4), ("gridworld", 2, 3)}
 
 
-def _rows(name):
-    path = REFERENCE / name
-    if not path.exists():
-        pytest.skip(f"reference data {path} not available")
-    with path.open() as f:
-        return list(csv.DictReader(f))
-
-
-def _cells(name, only_sales=False):
+def _cells(rows):
     params = []
-    for row in _rows(name):
-        if only_sales and not row["setting"].startswith("seq_sales"):
-            continue
-        key = (row["setting"], int(row["n"]), int(row["m"]))
+    for row in rows:
+        key = (row.setting, row.n, row.m)
         marks = () if key in FAST else (pytest.mark.slow,)
         params.append(pytest.param(row, marks=marks, id=f"{key[0]}-n{key[1]}-m{key[2]}"))
     return params
 
 
 def _env(row):
-    name, dist = SETTINGS[row["setting"]]
-    return make_env(name, n_agents=int(row["n"]), size=int(row["m"]), distribution=dist)
+    name, dist = SETTINGS[row.setting]
+    env = make_env(name, n_agents=row.n, size=row.m, distribution=dist)
+    assert env.report_key == row.setting
+    return env
 
 
-@pytest.mark.parametrize("row", _cells("vcg_reference.csv"))
+def test_reference_data_ships_with_the_package():
+    assert len(vcg_reference()) == 32 and len(paper_tables()) == 32
+    assert {r.setting for r in vcg_reference()} == set(SETTINGS)
+    assert sum(r.known_optimum is not None for r in paper_tables()) == 16
+
+
+@pytest.mark.parametrize("row", _cells(vcg_reference()))
 def test_vcg_matches_reference(row):
     res = evaluate(AMA.vcg(_env(row)), profiles=10_000, seed=0)
-    ref, ref_se = float(row["vcg_independent"]), float(row["standard_error"])
-    assert abs(res.vcg_mean - ref) <= 3 * math.hypot(res.vcg_stderr, ref_se) + 1e-12
+    assert abs(res.vcg_mean - row.value) <= 3 * math.hypot(res.vcg_stderr, row.stderr) + 1e-12
 
 
-@pytest.mark.parametrize("row", _cells("paper_tables.csv", only_sales=True))
+@pytest.mark.parametrize("row", _cells([r for r in paper_tables() if r.known_optimum is not None]))
 def test_myerson_reaches_known_optimum(row):
     env = _env(row)
-    res = evaluate(known_optimum_mechanism(env), profiles=10_000, seed=1)
-    assert abs(res.mean - float(row["known_optimum"])) <= 3 * res.stderr
+    res = evaluate(AMA.known_optimum(env), profiles=10_000, seed=1)
+    assert abs(res.mean - row.known_optimum) <= 3 * res.stderr
     assert res.optimality_ratio == pytest.approx(1.0)
 
 

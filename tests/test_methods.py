@@ -8,26 +8,22 @@ import pytest
 import torch
 
 from dmd_torch import AMA, make_env
+from dmd_torch.config import MultiStartConfig, OptimizerConfig, RegLPConfig, SchedulerConfig
+from dmd_torch.follower import affine_total
 from dmd_torch.methods import (
     METHODS,
     GridSearch,
     MultiStart,
-    OptimizerSpec,
     RegularizedLP,
-    SchedulerSpec,
     StepEvent,
     ZerothOrder,
+    ZerothOrderFollower,
     make_method,
 )
 from dmd_torch.methods.base import exact_score, free_parameters, initial_mechanism
-from dmd_torch.methods.grid import candidate_objectives, score_candidates, sobol_candidates
-from dmd_torch.methods.zeroth_order import (
-    bilevel_gradient,
-    direct_loss,
-    gaussian_smoothing_gradient,
-    perturbed_response_losses,
-    response_loss,
-)
+from dmd_torch.methods.grid import score_candidates, sobol_candidates
+from dmd_torch.methods.zeroth_order import gaussian_smoothing_gradient
+from dmd_torch.objective import leader_objective
 from dmd_torch.regularized import regularized_occupancy
 
 
@@ -52,20 +48,6 @@ SMALL = {
 
 
 # ------------------------------------------------------------------------------------- grid search
-@pytest.mark.parametrize("cell", sorted(SMALL))
-def test_candidate_objectives_match_ama_outcome(cell):
-    setting = SMALL[cell]()
-    ama = AMA(setting)
-    lw, b = sobol_candidates(ama, 5, seed=3)
-    if not setting.optimize_weights:
-        lw = torch.randn(5, setting.n_agents, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.3
-    types = _heldout(setting, 30)
-    batched = candidate_objectives(setting, lw, b, types)
-    for k in range(5):
-        single = AMA(setting, weights=lw[k].exp(), boosts=b[k]).outcome(types).objective
-        torch.testing.assert_close(batched[k], single, rtol=1e-10, atol=1e-10)
-
-
 def test_sobol_candidates_ranges_and_frozen_parameters():
     sym = make_env("seq_sales", n_agents=3, size=2)
     lw, b = sobol_candidates(AMA(sym), 64, seed=0)
@@ -85,14 +67,14 @@ def test_grid_returns_best_candidate_by_exact_score(cell):
     setting = SMALL[cell]()
     S, A = setting.mdp.shape
     # one candidate per solve, the 100 profiles in chunks of 30 (n + 1 problems per profile for revenue, one for makespan)
-    problems = setting.n_agents + 1 if setting.maximize else 1
+    problems = setting.n_agents + 1 if setting.objective.needs_without else 1
     grid = GridSearch(num_points=24, profiles=100, top_k=24, max_batch_elements=30 * problems * S * A)
     ama = AMA(setting)
     events: list[StepEvent] = []
     result = grid.run(ama, heldout=_heldout(setting), seed=5, callback=events.append)
     types = grid.training_profiles(setting, seed=5)
     scores = torch.tensor([AMA(setting, weights=lw.exp(), boosts=b).outcome(types).objective.mean() for _, lw, b in result.top])
-    sign = 1.0 if setting.maximize else -1.0
+    sign = setting.objective.sign
     assert len(result.top) == 24
     assert torch.all(sign * scores[:-1] >= sign * scores[1:] - 1e-12)  # sorted best first
     torch.testing.assert_close(scores, torch.tensor([s for s, _, _ in result.top], dtype=torch.float64))
@@ -109,7 +91,7 @@ def test_score_candidates_is_independent_of_batching(cell):
     lw, b = sobol_candidates(AMA(setting), 7, seed=3)
     types = setting.sample_types(50, torch.Generator().manual_seed(0))
     S, A = setting.mdp.shape
-    per_profile = (setting.n_agents + 1 if setting.maximize else 1) * S * A  # problems per profile x S x A
+    per_profile = (setting.n_agents + 1 if setting.objective.needs_without else 1) * S * A  # problems per profile x S x A
     direct = torch.stack([AMA(setting, weights=w.exp(), boosts=bb).outcome(types).objective.mean() for w, bb in zip(lw, b)])
     for elements in (per_profile * 7, per_profile * 50 * 3, per_profile * 50 * 7):  # chunks of 7 profiles; 3 or 7 candidates
         torch.testing.assert_close(score_candidates(setting, lw, b, types, elements), direct, rtol=1e-12, atol=1e-12)
@@ -124,20 +106,22 @@ def test_gaussian_smoothing_of_regularized_response_matches_autograd():
     """On the smooth (regularized) follower, the zeroth-order estimate matches autograd."""
     setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
     gen = torch.Generator().manual_seed(0)
-    ama = AMA(setting, weights=torch.tensor([1.2, 0.8]), boosts=0.3 * torch.rand(*setting.mdp.shape, generator=gen, dtype=torch.float64))
+    lw0 = torch.tensor([1.2, 0.8], dtype=torch.float64).log()
+    b0 = 0.3 * torch.rand(*setting.mdp.shape, generator=gen, dtype=torch.float64)
     alpha, sigma, J = 0.1, 0.01, 20_000
-    types = setting.sample_types(8, gen)
-    r = setting.rewards(types)
-    occ = _regularized_response(alpha)
-    params = free_parameters(ama)
-    # autograd of the best-response part -sw(nu_alpha(theta))
-    nu = regularized_occupancy(setting.mdp, ama.affine_rewards(r)[:, 0], alpha)
-    exact = torch.autograd.grad(response_loss(setting, types, r, nu).mean(), params)
-    exact = torch.cat([g.flatten() for g in exact])
+    r = setting.checked_rewards(setting.sample_types(8, gen))
     n, (S, A) = setting.n_agents, setting.mdp.shape
 
+    def sw(lw, b):  # mean welfare of the regularized response, the part zeroth order smooths
+        nu = regularized_occupancy(setting.mdp, affine_total(r, lw.exp().unsqueeze(-2), b.unsqueeze(-3)), alpha)
+        return (r.sum(-3) * nu).sum((-3, -2, -1)) / r.shape[0]
+
+    params = (lw0.clone().requires_grad_(), b0.clone().requires_grad_())
+    exact = torch.cat([g.flatten() for g in torch.autograd.grad(sw(*params), params)])
+
     def f(u):
-        return perturbed_response_losses(ama, types, r, u[:, :n], u[:, n:].reshape(-1, S, A), occ)
+        with torch.no_grad():
+            return sw(lw0 + u[:, :n], b0 + u[:, n:].reshape(-1, S, A))
 
     est, terms = gaussian_smoothing_gradient(f, n + S * A, J, sigma, torch.Generator().manual_seed(1), antithetic=True)
     se = terms.std(0) / math.sqrt(J)
@@ -145,59 +129,57 @@ def test_gaussian_smoothing_of_regularized_response_matches_autograd():
     assert ((est - exact).abs() <= 4 * se + 2e-3).all(), (est - exact, se)
 
 
-def test_bilevel_gradient_matches_autograd_of_regularized_revenue():
-    """Direct (envelope) part + zeroth-order response part == autograd of AMA.forward, on average."""
+def test_zeroth_order_gradient_matches_autograd_of_regularized_revenue():
+    """Envelope part + smoothed response part == autograd of AMA.forward, on average, on the
+    smooth follower: the zeroth-order follower's backward is an unbiased estimate."""
     setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
     gen = torch.Generator().manual_seed(2)
     ama = AMA(setting, weights=torch.tensor([0.9, 1.1]), boosts=0.3 * torch.rand(*setting.mdp.shape, generator=gen, dtype=torch.float64))
     types = setting.sample_types(8, gen)
     alpha = 0.1
-    loss = -ama(types, alpha=alpha).mean()
-    auto = torch.cat([g.flatten() for g in torch.autograd.grad(loss, free_parameters(ama))])
-    reps = 40
-    draws = []
+    objective = ama(types, alpha=alpha).mean()
+    auto = torch.cat([g.flatten() for g in torch.autograd.grad(objective, free_parameters(ama))])
+    reps, draws = 40, []
     for k in range(reps):
-        value, grads = bilevel_gradient(
-            ama, types, 500, 0.01, torch.Generator().manual_seed(10 + k),
-            occupancy_fn=_regularized_response(alpha), entropy_weight=alpha,
-        )
-        draws.append(torch.cat([g.flatten() for g in grads]))
+        follower = ZerothOrderFollower(500, 0.01, torch.Generator().manual_seed(10 + k),
+                                       occupancy_fn=_regularized_response(alpha), entropy_weight=alpha)
+        value = leader_objective(setting, ama.log_weights, ama.boosts, types, follower).mean()
+        draws.append(torch.cat([g.flatten() for g in torch.autograd.grad(value, free_parameters(ama))]))
     draws = torch.stack(draws)
     mean, se = draws.mean(0), draws.std(0) / math.sqrt(reps)
-    assert value == pytest.approx(float(loss.detach()), rel=1e-9)
+    assert float(value.detach()) == pytest.approx(float(objective.detach()), rel=1e-9)
     assert ((mean - auto).abs() <= 4 * se + 2e-3).all(), (mean - auto, se)
 
 
-def test_direct_loss_is_envelope_gradient_and_zero_for_makespan():
-    setting = make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")
-    ama = AMA(setting)
+@pytest.mark.parametrize("name", ["seq_sales", "scheduling"])
+def test_zeroth_order_value_is_the_exact_objective(name):
+    """With the exact response the zeroth-order follower's value is the exact objective, for
+    revenue (envelope terms and agents' values) and for the makespan (no envelope part)."""
+    setting = make_env(name, n_agents=2, size=2, distribution="asymmetric")
+    ama = AMA(setting, boosts=torch.rand(setting.mdp.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64))
     types = _heldout(setting, 10)
-    r = setting.rewards(types)
-    from dmd_torch.methods.zeroth_order import exact_occupancy
-
-    nu = exact_occupancy(setting.mdp, ama.affine_rewards(r))
-    out = ama.outcome(types)
-    # direct part + response part = -revenue at the exact solution
-    total = direct_loss(ama, r, nu) + response_loss(setting, types, r, nu[:, 0]).mean()
-    assert float(total.detach()) == pytest.approx(-float(out.revenue.mean()), rel=1e-10)
-    sched = make_env("scheduling", n_agents=2, size=2)
-    a2 = AMA(sched)
-    t2 = _heldout(sched, 5)
-    assert float(direct_loss(a2, sched.rewards(t2), None).detach()) == 0.0
+    follower = ZerothOrderFollower(5, 0.05, torch.Generator().manual_seed(0))
+    value = leader_objective(setting, ama.log_weights, ama.boosts, types, follower)
+    torch.testing.assert_close(value.detach(), ama.objective(types), rtol=1e-10, atol=1e-12)
+    grads = torch.autograd.grad(value.mean(), free_parameters(ama))
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
-def test_bilevel_gradient_perturbs_only_free_parameters():
+def test_zeroth_order_perturbs_only_free_parameters():
     setting = make_env("seq_sales", n_agents=2, size=2)  # weights frozen
     ama = AMA(setting)
-    _, grads = bilevel_gradient(ama, _heldout(setting, 10), 5, 0.05, torch.Generator().manual_seed(0))
-    assert len(grads) == 1 and grads[0].shape == ama.boosts.shape
+    follower = ZerothOrderFollower(5, 0.05, torch.Generator().manual_seed(0))
+    leader_objective(setting, ama.log_weights, ama.boosts, _heldout(setting, 10), follower).mean().backward()
+    assert ama.log_weights.grad is None and ama.boosts.grad.shape == ama.boosts.shape
+    with pytest.raises(ValueError, match="one parameter vector"):
+        leader_objective(setting, ama.log_weights.detach().expand(2, 2), ama.boosts, _heldout(setting, 3), follower)
 
 
 # ------------------------------------------------------------------------------------- gradient methods
 @pytest.mark.parametrize(
     "method",
     [
-        RegularizedLP(steps=30, eval_every=10, optimizer={"name": "Adam", "lr": 0.05}),
+        RegularizedLP(steps=30, eval_every=10, optimizer={"name": "Adam", "lr": 0.05}, multistart={"starts": 1}),
         ZerothOrder(steps=30, eval_every=10, optimizer={"name": "SGD", "lr": 0.1}),
     ],
     ids=["reg_lp", "zeroth_order"],
@@ -259,9 +241,10 @@ def test_annealed_alpha_reaches_the_forward_pass(monkeypatch):
     """alpha_t runs geometrically from alpha to alpha_final over each start, and each step's
     forward pass gets that step's alpha."""
     method = RegularizedLP(steps=5, eval_every=5, alpha=0.08, alpha_final=0.005, multistart={"starts": 2})
-    assert [method.alpha_at(t) for t in (1, 5)] == pytest.approx([0.08, 0.005])
-    assert method.alpha_at(3) == pytest.approx(math.sqrt(0.08 * 0.005))
-    assert RegularizedLP(alpha=0.03).alpha_at(4) == 0.03  # no alpha_final: constant
+    est = method.estimator
+    assert [est.alpha_at(t) for t in (1, 5)] == pytest.approx([0.08, 0.005])
+    assert est.alpha_at(3) == pytest.approx(math.sqrt(0.08 * 0.005))
+    assert RegularizedLP(alpha=0.03).estimator.alpha_at(4) == 0.03  # no alpha_final: constant
     seen: list[float] = []
     forward = AMA.forward
 
@@ -272,7 +255,7 @@ def test_annealed_alpha_reaches_the_forward_pass(monkeypatch):
     monkeypatch.setattr(AMA, "forward", spy)
     setting = make_env("seq_sales", n_agents=2, size=2)
     method.run(AMA(setting), heldout=_heldout(setting, 50), seed=0)
-    expected = [method.alpha_at(t) for t in range(1, 6)]
+    expected = [est.alpha_at(t) for t in range(1, 6)]
     assert seen == pytest.approx(expected * 2)
 
 
@@ -295,10 +278,16 @@ def test_random_multistart_and_cvxpylayers_backend():
         ("reg_lp", {"profiles_per_step": 0}, "profiles_per_step"),
         ("reg_lp", {"backend": "mosek"}, "allowed: auto, tree, newton, cvxpylayers"),
         ("reg_lp", {"optimizer": {"name": "Adamm"}}, "allowed: .*Adam"),
+        ("reg_lp", {"optimizer": {"name": "LBFGS"}}, "unknown optimizer 'LBFGS'; allowed: "),
+        ("reg_lp", {"optimizer": {"name": "SparseAdam"}}, "unknown optimizer 'SparseAdam'"),
+        ("reg_lp", {"steps": "many"}, "could not be converted to Integer.*steps"),
+        ("reg_lp", {"alpha_final": True}, "alpha_final"),
+        ("zeroth_order", {"antithetic": "maybe"}, "not a valid bool.*antithetic"),
+        ("grid", {"steps": 10}, "unknown key 'steps' for GridConfig; allowed: name, variant, num_points"),
         ("reg_lp", {"optimizer": {"name": "SGD", "kwargs": {"betas": [0.9, 0.9]}}}, "optimizer SGD"),
         ("reg_lp", {"scheduler": {"name": "Nope"}}, "lr scheduler"),
         ("reg_lp", {"init": "zeros"}, "allowed: uniform, vcg"),
-        ("reg_lp", {"stepz": 3}, "allowed: "),
+        ("reg_lp", {"stepz": 3}, "unknown key 'stepz' for RegLPConfig; allowed: name, variant, steps"),
         ("reg_lp", {"multistart": {"starts": 0}}, "starts"),
         ("zeroth_order", {"sigma": 0.0}, "sigma"),
         ("zeroth_order", {"num_perturbations": 0}, "num_perturbations"),
@@ -316,22 +305,27 @@ def test_bad_input_raises_one_line_value_error(name, kwargs, match):
 def test_tree_backend_on_gridworld_is_rejected_before_work():
     setting = make_env("gridworld", n_agents=2, size=2)
     method = RegularizedLP(backend="tree")
-    with pytest.raises(ValueError, match="tree.*allowed here: auto, newton, cvxpylayers"):
+    with pytest.raises(ValueError, match="backend 'tree' does not apply here.*allowed here: auto, newton, cvxpylayers"):
         method.check_setting(setting)
+    with pytest.raises(ValueError, match="backend 'newton' takes no option.* bogus; allowed: tol, max_iter"):
+        RegularizedLP(backend="newton", solver_options={"bogus": 1}).check_setting(setting)
     with pytest.raises(ValueError, match="tree"):
         method.run(AMA(setting), heldout=_heldout(setting, 10), callback=lambda e: pytest.fail("work started"))
 
 
-def test_registry_and_specs():
+def test_registry_and_configs():
+    """make_method and the method classes build from the same config dataclasses as the app."""
     assert set(METHODS) == {"grid", "zeroth_order", "reg_lp"}
-    assert isinstance(RegularizedLP().optimizer, OptimizerSpec)
+    assert isinstance(RegularizedLP().config.optimizer, OptimizerConfig)
+    assert make_method("reg_lp").config == RegLPConfig() == RegularizedLP().config
+    assert make_method(RegLPConfig(steps=7)).config.steps == 7
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
-    assert SchedulerSpec().build(opt, 10) is None
-    assert SchedulerSpec("CosineAnnealingLR").build(opt, 123).T_max == 123  # length defaults to the steps
-    assert SchedulerSpec("CosineAnnealingLR", {"T_max": 7}).build(opt, 123).T_max == 7
-    assert MultiStart().grid is None
-    assert ZerothOrder().num_perturbations == 20 and ZerothOrder().sigma == 0.05
-    assert RegularizedLP().alpha == 0.01
+    assert SchedulerConfig().build(opt, 10) is None
+    assert SchedulerConfig("CosineAnnealingLR").build(opt, 123).T_max == 123  # length defaults to the steps
+    assert SchedulerConfig("CosineAnnealingLR", {"T_max": 7}).build(opt, 123).T_max == 7
+    assert MultiStart(MultiStartConfig()).grid is None
+    assert ZerothOrder().config.num_perturbations == 20 and ZerothOrder().config.sigma == 0.05
+    assert RegularizedLP().config.alpha == 0.01
 
 
 def test_score_candidates_rejects_nan_candidates():

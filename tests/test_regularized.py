@@ -1,4 +1,4 @@
-"""Tests of :mod:`dmd_torch.regularized`: the three backends, their gradients and their errors."""
+"""Tests of :mod:`dmd_torch.regularized`: the three backends, their dispatcher, gradients and errors."""
 
 from __future__ import annotations
 
@@ -12,11 +12,18 @@ import torch
 from dmd_torch.exact import solve_exact
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.regularized import (
+    AUTO,
+    BACKENDS,
+    Backend,
     RegularizedSolveError,
+    choose_backend,
     flow_residual,
+    make_backend,
     regularized_occupancy,
     tree_applicable,
 )
+from dmd_torch.regularized.layer import CvxpyLayersOptions
+from dmd_torch.regularized.newton import NewtonOptions
 
 DT = torch.float64
 ALPHAS = (0.01, 0.1, 1.0)
@@ -305,23 +312,49 @@ def test_bad_inputs_raise() -> None:
         regularized_occupancy(mdp, c[..., :-1], 0.1)
     with pytest.raises(ValueError, match="unknown backend 'lp'; allowed: 'auto', 'tree', 'newton', 'cvxpylayers'"):
         regularized_occupancy(mdp, c, 0.1, backend="lp")
-    tree_needs = "backend 'tree' needs a finite-horizon tree-structured MDP.*use 'newton' or 'auto'"
+    tree_needs = "backend 'tree' does not apply here: it is not a finite-horizon MDP.*allowed here: auto, newton, cvxpylayers"
     with pytest.raises(ValueError, match=tree_needs):
         regularized_occupancy(mdp, c, 0.1, backend="tree")
-    with pytest.raises(ValueError, match="backend 'tree' needs"):
+    with pytest.raises(ValueError, match="backend 'tree' does not apply here: its transitions are not deterministic"):
         regularized_occupancy(layered_mdp(gen), rewards(layered_mdp(gen), gen, 1), 0.1, backend="tree")
-    with pytest.raises(TypeError, match="backend 'newton' takes no option"):
+    with pytest.raises(ValueError, match="backend 'newton' takes no option.*eps; allowed: tol, max_iter"):
         regularized_occupancy(mdp, c, 0.1, backend="newton", eps=1e-3)
     with pytest.raises(TypeError, match="floating-point"):
         regularized_occupancy(mdp, torch.ones(2, *mdp.shape, dtype=torch.long), 0.1)
     tree = sales_tree(2, 2)
     c_tree = rewards(tree, gen, 2)
-    with pytest.raises(TypeError, match="backend 'tree' takes no option.* tol; allowed: none"):
+    with pytest.raises(ValueError, match="backend 'tree' takes no option.* tol; allowed: none"):
         regularized_occupancy(tree, c_tree, 0.1, backend="tree", tol=1e-10)
-    # 'auto' takes newton's options (unused where the closed form applies)
-    torch.testing.assert_close(
-        regularized_occupancy(tree, c_tree, 0.1, tol=1e-10), regularized_occupancy(tree, c_tree, 0.1, backend="tree")
-    )
+    # 'auto' picks the tree's closed form here, and an option the tree does not take is an error, not dropped
+    with pytest.raises(ValueError, match="backend 'tree' takes no option.* tol"):
+        regularized_occupancy(tree, c_tree, 0.1, tol=1e-10)
+    for options, match in (({"tol": 0.0}, "newton tol"), ({"tol": -1e-3}, "newton tol"),
+                           ({"max_iter": 2.5}, "newton max_iter"), ({"max_iter": -1}, "newton max_iter")):
+        with pytest.raises(ValueError, match=match):
+            regularized_occupancy(mdp, c, 0.1, backend="newton", **options)
+    for options, match in (({"layer_backward": "yes"}, "layer_backward"), ({"check_tol": 0}, "check_tol"),
+                           ({"solver_args": [1]}, "solver_args"), ({"max_iter": 3}, "takes no option.*max_iter")):
+        with pytest.raises(ValueError, match=match):
+            regularized_occupancy(mdp, c, 0.1, backend="cvxpylayers", **options)
+
+
+def test_dispatcher_picks_one_small_class_per_backend() -> None:
+    """auto = the first of tree, newton that applies; each backend declares where it applies and
+    takes typed options; a built backend can be passed in."""
+    gen = torch.Generator().manual_seed(12)
+    assert set(BACKENDS) == {"tree", "newton", "cvxpylayers"} and AUTO == ("tree", "newton")
+    assert all(issubclass(cls, Backend) and cls.name == name for name, cls in BACKENDS.items())
+    tree, cyclic = sales_tree(2, 2), discounted_mdp(gen)
+    assert choose_backend(tree) is BACKENDS["tree"] and choose_backend(cyclic) is BACKENDS["newton"]
+    assert BACKENDS["tree"].why_not(cyclic) and BACKENDS["newton"].why_not(cyclic) is None
+    solver = make_backend(cyclic, "newton", {"tol": 1e-10})
+    assert solver.options == NewtonOptions(tol=1e-10, max_iter=100)
+    assert make_backend(cyclic, "cvxpylayers").options == CvxpyLayersOptions()
+    c = rewards(cyclic, gen, 2)
+    torch.testing.assert_close(regularized_occupancy(cyclic, c, 0.1, backend=solver),
+                               regularized_occupancy(cyclic, c, 0.1, tol=1e-10), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="not beside a built backend"):
+        regularized_occupancy(cyclic, c, 0.1, backend=solver, tol=1e-8)
 
 
 def test_newton_failure_raises_naming_entries() -> None:
@@ -339,7 +372,7 @@ def test_layer_failure_raises() -> None:
     mdp = discounted_mdp(gen, S=3, A=2)
     c = rewards(mdp, gen, 2)
     with pytest.raises(RegularizedSolveError, match=r"cvxpylayers: .*batch entries \[0, 1\]"):
-        regularized_occupancy(mdp, c, 0.1, backend="cvxpylayers", max_iter=2)
+        regularized_occupancy(mdp, c, 0.1, backend="cvxpylayers", solver_args={"max_iter": 2})
 
 
 # ------------------------------------------------------------------------------------ settings

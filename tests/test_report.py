@@ -14,7 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from dmd_torch import report
+from dmd_torch import make_env, report
+from dmd_torch.evaluation import EvaluationResult
+from dmd_torch.reference import paper_tables
 from dmd_torch.report import (
     METHODS,
     TABLES,
@@ -22,13 +24,11 @@ from dmd_torch.report import (
     build_rows,
     collect_results,
     improvement_pct,
-    is_complete,
-    load_paper_tables,
-    load_run,
     render_markdown,
     table_csv,
     write_reports,
 )
+from dmd_torch.results import RunResult, Training, is_complete, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -47,44 +47,20 @@ def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: fl
                  runtime: float = 600.0, seed: int = 0, variant: str | None = None) -> dict:
     """A results.json as dmd_torch.app.run writes it (``variant``: a labelled configuration of ``method``)."""
     name, dist, objective, maximize = _ENVS[setting]
-    env = {"name": name, "n_agents": n, "size": m, "distribution": dist}
-    if name == "gridworld":
-        env["gamma"] = 0.9
+    env = make_env(name, n_agents=n, size=m, distribution=dist)
     sign = 1.0 if maximize else -1.0
-    return {
-        "setting": setting,
-        "env": env,
-        "env_options": {},
-        "method": method,
-        "variant": variant or method,
-        "method_config": {"name": method},
-        "seed": seed,
-        "objective": objective,
-        "maximize": maximize,
-        "mean": mean,
-        "stderr": stderr,
-        "vcg_mean": vcg,
-        "vcg_stderr": vcg_stderr,
-        "improvement_pct": None if abs(vcg) < 1e-12 else 100 * sign * (mean - vcg) / abs(vcg),
-        "known_optimum": optimum,
-        "known_optimum_stderr": None if optimum is None else 0.0035,
-        "optimality_ratio": None if optimum is None else mean / optimum,
-        "eval_profiles": 10000,
-        "eval_seed": 0,
-        "heldout": mean + 0.002,
-        "heldout_profiles": 2000,
-        "steps": 0 if method == "grid" else 500,
-        "grid_candidates": 10000 if method == "grid" else 0,
-        "starts": 1,
-        "best_start": 0,
-        "runtime_seconds": runtime,
-        "device": "cpu",
-    }
+    evaluation = EvaluationResult(
+        objective, mean, stderr, vcg, vcg_stderr, 10000, 0,
+        None if abs(vcg) < 1e-12 else 100 * sign * (mean - vcg) / abs(vcg),
+        optimum, None if optimum is None else 0.0035, None if optimum is None else mean / optimum,
+    )
+    training = Training(method, variant or method, {"name": method}, seed, 2000, mean + 0.002,
+                        0 if method == "grid" else 500, 10000 if method == "grid" else 0, 1, 0, runtime)
+    return RunResult.of(env, evaluation, training).to_dict()
 
 
 def put(root: Path, data: dict, subdir: str | None = None) -> Path:
-    env = data["env"]
-    d = root / (subdir or f"n{env['n_agents']}_m{env['size']}/{data['variant']}")
+    d = root / (subdir or f"n{data['n_agents']}_m{data['size']}/{data['training']['variant']}")
     d.mkdir(parents=True, exist_ok=True)
     (d / "results.json").write_text(json.dumps(data, indent=2))
     return d
@@ -120,7 +96,7 @@ def _csv_rows(text: str) -> dict[tuple[int, int], dict[str, str]]:
 
 
 def test_paper_tables_are_package_data():
-    rows = load_paper_tables()
+    rows = paper_tables()
     assert len(rows) == 32
     assert [sum(r.table == t for r in rows) for t in range(1, 6)] == [8, 8, 4, 4, 8]
     t1 = {(r.n, r.m): r for r in rows if r.table == 1}
@@ -130,15 +106,11 @@ def test_paper_tables_are_package_data():
     t3 = {(r.n, r.m): r for r in rows if r.table == 3}
     assert t3[(2, 4)].best_improvement == pytest.approx(-11.65) and t3[(2, 4)].known_optimum is None
     assert t3[(2, 4)].text["vcg"] == "1.0336"
-    # the packaged copy is the reference file, byte for byte (where the shared reference exists)
-    shared = Path("/work/shared/reference/paper_tables.csv")
-    if shared.exists():
-        assert (ROOT / "dmd_torch/data/paper_tables.csv").read_bytes() == shared.read_bytes()
 
 
 def test_paper_sign_convention_reproduces_published_best_improvements():
     # recomputing the published column from the published means checks our convention
-    for row in load_paper_tables():
+    for row in paper_tables():
         spec = TABLES[row.table]
         pick = max if spec.maximize else min
         best = pick(row.values[k] for k in report.METHODS)
@@ -163,16 +135,16 @@ def test_improvement_signs():
 
 
 def test_best_improvement_direction(table1_runs, tmp_path):
-    runs = {r.method: r for r in collect_results(table1_runs) if (r.n, r.m) == (3, 2)}
-    method, pct = best_improvement(runs, maximize=True)
+    runs = {r.label: r for r in collect_results(table1_runs) if (r.n_agents, r.size) == (3, 2)}
+    method, pct = best_improvement(runs, 1.0)
     assert method == "zeroth_order" and pct == pytest.approx(100 * (0.6801 - 0.5001) / 0.5001)
     root = tmp_path / "t3"
     for method_, mean in (("grid", 1.0410), ("zeroth_order", 0.9150), ("reg_lp", 0.9300)):
         put(root, fake_results("scheduling_sym", 2, 4, method_, mean, 1.0330))
-    runs = {r.method: r for r in collect_results(root)}
-    method, pct = best_improvement(runs, maximize=False)
+    runs = {r.label: r for r in collect_results(root)}
+    method, pct = best_improvement(runs, -1.0)
     assert method == "zeroth_order" and pct == pytest.approx(100 * (0.9150 - 1.0330) / 1.0330) and pct < 0
-    assert best_improvement({}, maximize=True) == (None, None)
+    assert best_improvement({}, 1.0) == (None, None)
 
 
 # ------------------------------------------------------------------------------------ the tables
@@ -294,7 +266,7 @@ def test_extra_cells_and_foreign_settings(tmp_path):
     put(root, fake_results("gridworld", 6, 3, "reg_lp", 2.8, 2.6))  # not a cell of the paper
     put(root, fake_results("gridworld", 2, 3, "grid", 1.05, 0.7550))
     foreign = fake_results("scheduling_sym", 2, 4, "reg_lp", 1.2, 1.3)
-    foreign["setting"] = "scheduling_sym_clamped"
+    foreign["setting"] = "scheduling_sym_clamped"  # a setting of no table
     put(root, foreign)
     rows = build_rows(TABLES[5], collect_results(root))
     assert [(r.n, r.m) for r in rows][-1] == (6, 3) and len(rows) == 9
@@ -302,15 +274,18 @@ def test_extra_cells_and_foreign_settings(tmp_path):
     assert _md_row(md, 6, 3)[2:7] == ["2.6000 ± 0.0040 (—)", "— (—)", "— (—)", "**2.8000** ± 0.0030 (—)",
                                        f"{100 * 0.2 / 2.6:.2f}% [reg. LP] (—)"]
     written = write_reports(root)
-    assert sorted(written) == [5]  # the clamped scheduling run belongs to no table
+    assert sorted(written) == ["scheduling_sym_clamped", "table5"]  # the clamped run belongs to no paper table
     assert not (root / "table3.md").exists()
+    own = (root / "scheduling_sym_clamped.md").read_text(encoding="utf-8")
+    assert own.startswith("# Results on scheduling_sym_clamped") and "lower is better" in own
+    assert "Check" not in own and "AAAI-24" not in own  # no published figures to check against
 
 
 def test_write_reports_files(table1_runs, tmp_path):
     out = tmp_path / "report"
     written = write_reports(table1_runs, out)
-    assert list(written) == [1]
-    md, csv_path, png = written[1]
+    assert list(written) == ["table1"]
+    md, csv_path, png = written["table1"]
     assert (md, csv_path, png) == (out / "table1.md", out / "table1.csv", out / "table1.png")
     assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 10_000
     assert md.read_text(encoding="utf-8") == render_markdown(TABLES[1], build_rows(TABLES[1], collect_results(table1_runs)))
@@ -337,20 +312,26 @@ def test_is_complete(tmp_path):
     (d / "results.json").write_text("[1, 2]")
     assert not is_complete(d)
     data = fake_results("seq_sales_sym", 3, 2, "reg_lp", 0.675, 0.5, optimum=0.72)
-    for key in ("mean", "vcg_mean", "runtime_seconds", "env", "improvement_pct"):
+    for key in ("evaluation", "env", "setting", "n_agents"):
         broken = {k: v for k, v in data.items() if k != key}
         (d / "results.json").write_text(json.dumps(broken))
         assert not is_complete(d), key
-    (d / "results.json").write_text(json.dumps({**data, "mean": float("nan")}))
-    assert not is_complete(d)
-    (d / "results.json").write_text(json.dumps({**data, "env": {"name": "seq_sales"}}))
+    for part, key in (("evaluation", "mean"), ("evaluation", "vcg_mean"), ("training", "runtime_seconds")):
+        broken = json.loads(json.dumps(data))
+        del broken[part][key]
+        (d / "results.json").write_text(json.dumps(broken))
+        assert not is_complete(d), key
+        broken[part][key] = float("nan")
+        (d / "results.json").write_text(json.dumps(broken))
+        assert not is_complete(d), key
+    (d / "results.json").write_text(json.dumps({**data, "training": None}))  # an evaluation, not a run
     assert not is_complete(d)
     (d / "results.json").write_text(json.dumps(data))
     assert is_complete(d) and is_complete(d / "results.json")
-    assert is_complete(d, expected={"seed": 0, "env": dict(data["env"]), "method_config": {"name": "reg_lp"}})
-    assert not is_complete(d, expected={"seed": 1})
-    assert not is_complete(d, expected={"eval_profiles": 200})
-    assert not is_complete(d, expected={"no_such_key": 1})
+    result = read_result(d)
+    assert is_complete(d, result.fingerprint())
+    assert not is_complete(d, {**result.fingerprint(), "seed": 1})
+    assert not is_complete(d, {**result.fingerprint(), "eval_profiles": 200})
     assert not is_complete(tmp_path / "missing")
 
 
@@ -364,19 +345,20 @@ def test_collect_skips_incomplete_and_keeps_newest_duplicate(table1_runs, caplog
     with caplog.at_level(logging.WARNING, logger="dmd_torch.report"):
         records = collect_results(table1_runs)
     assert len(records) == 6
-    reg = [r for r in records if (r.n, r.m, r.method) == (3, 2, "reg_lp")]
-    assert len(reg) == 1 and reg[0].path == rerun / "results.json" and reg[0].mean == 0.6790
+    reg = [r for r in records if (r.n_agents, r.size, r.label) == (3, 2, "reg_lp")]
+    assert len(reg) == 1 and reg[0].source == rerun / "results.json" and reg[0].evaluation.mean == 0.6790
     assert "n5_m3/grid/results.json" in caplog.text and "two runs" in caplog.text
     with pytest.raises(ValueError, match="two runs"):
-        build_rows(TABLES[1], [*records, load_run(old)])
+        build_rows(TABLES[1], [*records, read_result(old)])
 
 
-def test_load_run_fields(table1_runs):
-    rec = load_run(table1_runs / "n3_m2" / "grid")
-    assert (rec.setting, rec.n, rec.m, rec.method, rec.seed) == ("seq_sales_sym", 3, 2, "grid", 0)
-    assert rec.mean == 0.6102 and rec.vcg_mean == 0.5001 and rec.known_optimum == 0.7188
-    assert rec.runtime_seconds == 90000.0 and rec.eval_profiles == 10000
-    assert math.isclose(rec.optimality_ratio, 0.6102 / 0.7188)
+def test_read_result_fields(table1_runs):
+    rec = read_result(table1_runs / "n3_m2" / "grid")
+    assert (rec.setting, rec.n_agents, rec.size, rec.label, rec.training.seed) == ("seq_sales_sym", 3, 2, "grid", 0)
+    ev = rec.evaluation
+    assert ev.mean == 0.6102 and ev.vcg_mean == 0.5001 and ev.known_optimum == 0.7188
+    assert rec.training.runtime_seconds == 90000.0 and ev.profiles == 10000
+    assert math.isclose(ev.optimality_ratio, 0.6102 / 0.7188)
 
 
 # --------------------------------------------------------------------------------------------- CLI
@@ -415,7 +397,7 @@ def test_method_variant_is_an_extra_column_counted_in_the_best(table1_runs, tmp_
     assert report.table_methods(rows) == (*METHODS, "reg_lp_tuned")
     r32 = next(r for r in rows if (r.n, r.m) == (3, 2))
     assert r32.best_method == "reg_lp_tuned" and r32.optimality_ratio == pytest.approx(0.7150 / 0.7188)
-    assert r32.runs["reg_lp"].mean == 0.6750  # the paper's configuration keeps its own column
+    assert r32.runs["reg_lp"].evaluation.mean == 0.6750  # the paper's configuration keeps its own column
     md = render_markdown(spec, rows)
     header = _md_row(md.replace("| n | m |", "| 0 | 0 |"), 0, 0)
     assert header[3:8] == ["grid", "zeroth order", "regularized LP", "regularized LP (tuned)", "best improvement"]

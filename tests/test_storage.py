@@ -18,7 +18,7 @@ def test_round_trip(tmp_path, gen, name, dist):
     ama = _random_ama(env, gen)
     j, p = save_mechanism(ama, tmp_path)
     data = json.loads(j.read_text())
-    assert data["env"]["name"] == name and len(data["boosts"]) == env.mdp.num_states
+    assert data["env"] == env.config() and len(data["boosts"]) == env.mdp.num_states
     for path in (j, p, tmp_path):
         back = load_mechanism(path)
         torch.testing.assert_close(back.weights, ama.weights)
@@ -34,6 +34,16 @@ def test_labels_formats(tmp_path, gen):
     env = make_env("seq_sales", n_agents=2, size=2)
     data = json.loads(save_mechanism(AMA(env), tmp_path)[0].read_text())
     assert data["states"] == [[], [0], [1], [2]] and data["actions"] == [0, 1, 2]
+
+
+def test_files_of_earlier_versions_name_the_setting(tmp_path, gen):
+    """A mechanism.json whose env block names a registered setting (no _target_) still loads."""
+    env = make_env("gridworld", n_agents=2, size=3)
+    ama = _random_ama(env, gen)
+    data = json.loads(save_mechanism(ama, tmp_path)[0].read_text())
+    data["env"] = {"name": "gridworld", "n_agents": 2, "size": 3, "distribution": "one_cell", "gamma": 0.9}
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    torch.testing.assert_close(load_mechanism(tmp_path / "old.json").boosts, ama.boosts)
 
 
 def test_permuted_labels_load_correctly(tmp_path, gen):

@@ -8,7 +8,6 @@ The launcher tests are skipped where the Hydra launcher plugins are not installe
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -18,7 +17,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from dmd_torch.report import METHODS, TABLES, build_rows, collect_results, is_complete, render_markdown, write_reports
+from dmd_torch.config import register_configs
+from dmd_torch.report import METHODS, TABLES, build_rows, collect_results, render_markdown, write_reports
+from dmd_torch.results import is_complete, read_result
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -31,6 +32,8 @@ TABLE_CELLS = {
     4: ("scheduling", "asymmetric", [2, 3], [4, 5]),
     5: ("gridworld", "one_cell", [2, 3, 4, 5], [3, 4]),
 }
+
+register_configs()
 
 
 def sweep(sweep_dir: Path, *overrides: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -51,23 +54,24 @@ def check_jobs(sweep_dir: Path) -> dict[str, dict]:
     for job in JOBS:
         d = sweep_dir / job
         assert is_complete(d), job
-        r = json.loads((d / "results.json").read_text())
+        r = read_result(d)
+        ev, tr = r.evaluation, r.training
         cell, method = job.split("/")
-        assert r["setting"] == "seq_sales_sym" and r["method"] == method
-        assert f"n{r['env']['n_agents']}_m{r['env']['size']}" == cell
-        assert r["eval_profiles"] == 200 and r["heldout_profiles"] == 60  # the smoke budgets were applied
-        assert r["steps"] == (0 if method == "grid" else 4)
+        assert r.setting == "seq_sales_sym" and tr.method == method
+        assert f"n{r.n_agents}_m{r.size}" == cell
+        assert ev.profiles == 200 and tr.heldout_profiles == 60  # the smoke budgets were applied
+        assert tr.steps == (0 if method == "grid" else 4)
         if method == "grid":
-            assert r["grid_candidates"] == 8 and r["method_config"]["profiles"] == 40
-        assert 0.0 <= r["mean"] <= r["known_optimum"] * 1.5 and r["runtime_seconds"] > 0
+            assert tr.grid_candidates == 8 and tr.config["profiles"] == 40
+        assert 0.0 <= ev.mean <= ev.known_optimum * 1.5 and tr.runtime_seconds > 0
         for name in ("mechanism.json", "mechanism.pt", "training_curve.png"):
             assert (d / name).stat().st_size > 0, (job, name)
         assert list(d.glob("events.out.tfevents.*")), job
         overrides = (d / ".hydra" / "overrides.yaml").read_text()
-        assert f"env.n_agents={r['env']['n_agents']}" in overrides and f"smoke.method={method}" in overrides
+        assert f"env.n_agents={r.n_agents}" in overrides and f"+smoke={method}" in overrides
         results[job] = r
     for n, m in CELLS:  # VCG is evaluated on the same profiles for the three methods of a cell
-        vcg = {results[f"n{n}_m{m}/{k}"]["vcg_mean"] for k in METHODS}
+        vcg = {results[f"n{n}_m{m}/{k}"].evaluation.vcg_mean for k in METHODS}
         assert len(vcg) == 1
     return results
 
@@ -91,7 +95,8 @@ def test_table_sweeps_compose():
                 cfg = compose(config_name="config", overrides=[f"+experiment=table{k}", f"method={method}"],
                               return_hydra_config=True)
                 plain = compose(config_name="config", overrides=[f"env={cfg.hydra.runtime.choices.env}", f"method={method}"])
-                assert (cfg.env.name, cfg.env.distribution) == (env, dist)
+                assert cfg.env._target_.endswith({"seq_sales": "SequentialSales", "scheduling": "TaskScheduling",
+                                                  "gridworld": "Gridworld"}[env]) and cfg.env.distribution == dist
                 assert cfg.method == plain.method and cfg.env == plain.env and cfg.eval == plain.eval
                 assert cfg.eval.profiles == 10_000 and cfg.seed == 0
                 params = cfg.hydra.sweeper.params
@@ -107,7 +112,7 @@ def test_table_sweeps_compose():
 
 def test_joblib_sweep(joblib_sweep):
     results = check_jobs(joblib_sweep)
-    assert {r["env"]["n_agents"] for r in results.values()} == {2, 3}
+    assert {r.n_agents for r in results.values()} == {2, 3}
     assert (joblib_sweep / "multirun.yaml").exists()
 
 
@@ -121,7 +126,7 @@ def test_submitit_local_sweep(tmp_path):
 
 def test_report_on_the_sweep(joblib_sweep, tmp_path):
     written = write_reports(joblib_sweep, tmp_path)
-    assert list(written) == [1]
+    assert list(written) == ["table1"]
     records = collect_results(joblib_sweep)
     assert len(records) == 6
     md = (tmp_path / "table1.md").read_text(encoding="utf-8")

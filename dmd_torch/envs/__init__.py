@@ -1,52 +1,70 @@
-"""The paper's settings and the factory :func:`make_env`."""
+"""The settings: the paper's three (:func:`make_env`) and any :class:`Setting` subclass by import path.
+
+A setting is described by a config block ``{"_target_": "<module>.<Class>", **constructor arguments}``
+(:meth:`Setting.config`, Hydra's ``_target_`` convention); :func:`setting_from_config` builds one from
+such a block, or from a block that names a registered setting (``{"name": "seq_sales", ...}``).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from dmd_torch.checks import check_int
+from hydra.utils import get_class
+
 from dmd_torch.envs.base import Setting
-from dmd_torch.envs.gridworld import GRIDWORLD_DISTRIBUTIONS, Gridworld
-from dmd_torch.envs.sales import SALES_DISTRIBUTIONS, SequentialSales
-from dmd_torch.envs.scheduling import SCHEDULING_DISTRIBUTIONS, TaskScheduling
+from dmd_torch.envs.gridworld import Gridworld
+from dmd_torch.envs.sales import SequentialSales
+from dmd_torch.envs.scheduling import TaskScheduling
 
-__all__ = ["Setting", "SequentialSales", "TaskScheduling", "Gridworld", "make_env", "ENVS"]
+__all__ = ["Setting", "SequentialSales", "TaskScheduling", "Gridworld", "ENVS", "make_env", "setting_from_config"]
 
-#: Factory names, their classes and allowed type distributions (the first is the default).
-ENVS: dict[str, tuple[type[Setting], tuple[str, ...]]] = {
-    "seq_sales": (SequentialSales, SALES_DISTRIBUTIONS),
-    "scheduling": (TaskScheduling, SCHEDULING_DISTRIBUTIONS),
-    "gridworld": (Gridworld, GRIDWORLD_DISTRIBUTIONS),
-}
+#: The registered settings by name.
+ENVS: dict[str, type[Setting]] = {cls.name: cls for cls in (SequentialSales, TaskScheduling, Gridworld)}
 
 
-def make_env(
-    name: str, n_agents: int = 2, size: int = 2, distribution: str | None = None, **options: Any
-) -> Setting:
-    """Builds one of the paper's settings.
+def make_env(name: str, **options: Any) -> Setting:
+    """Builds a registered setting by name: ``make_env("seq_sales", n_agents=3, size=2)``.
 
     Args:
         name: ``seq_sales``, ``scheduling`` or ``gridworld``.
-        n_agents: Number of agents ``n >= 1``.
-        size: Items (sales), tasks (scheduling) or grid side (gridworld), ``>= 1``.
-        distribution: Type prior; ``None`` takes the setting's first (the paper's symmetric one).
-        **options: Setting options: ``clamped`` (scheduling), ``gamma`` (gridworld).
+        **options: The setting's constructor arguments (``n_agents``, ``size``, ``distribution``, and
+            ``clamped`` for scheduling, ``gamma`` for the gridworld); missing ones take its defaults.
 
     Raises:
-        ValueError: On an unknown name, distribution or option, or an out-of-range size.
+        ValueError: On an unknown name or option, or a bad value (one line).
     """
     if name not in ENVS:
         raise ValueError(f"unknown setting {name!r}; allowed: {', '.join(ENVS)}")
-    cls, dists = ENVS[name]
-    check_int("n_agents", n_agents)
-    check_int("size", size)
-    distribution = dists[0] if distribution is None else distribution
-    if distribution not in dists:
-        raise ValueError(f"unknown distribution {distribution!r} for {name}; allowed: {', '.join(dists)}")
-    allowed = {"scheduling": ("clamped",), "gridworld": ("gamma",)}.get(name, ())
-    unknown = sorted(set(options) - set(allowed))
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {name}; allowed: {', '.join(allowed) or 'none'}"
-        )
-    return cls(n_agents=n_agents, size=size, distribution=distribution, **options)
+    return ENVS[name].create(**options)
+
+
+def setting_class(target: Any) -> type[Setting]:
+    """The :class:`Setting` subclass an import path names (a one-line ``ValueError`` otherwise)."""
+    if not isinstance(target, str) or not target:
+        raise ValueError(f"env _target_ must be an import path such as my_pkg.module.MySetting, got {target!r}")
+    try:
+        cls = get_class(target)
+    except Exception as err:  # Hydra raises ImportError or ValueError, with the cause in the message
+        raise ValueError(f"cannot import env _target_ {target!r}: {str(err).splitlines()[0]}") from None
+    if not (isinstance(cls, type) and issubclass(cls, Setting)):
+        raise ValueError(f"env _target_ {target!r} is not a subclass of dmd_torch.Setting")
+    return cls
+
+
+def setting_from_config(block: Mapping[str, Any]) -> Setting:
+    """Builds the setting a config block describes: ``_target_`` (an import path) or ``name`` (a
+    registered setting), and the constructor's arguments.
+
+    Raises:
+        ValueError: On a block without either key, an unknown or unimportable setting, an argument
+            the constructor does not take, or a bad value (one line).
+    """
+    if not isinstance(block, Mapping):
+        raise ValueError(f"an env block must be a mapping, got {block!r}")
+    options = {str(k): v for k, v in block.items() if k not in ("_target_", "name")}
+    if "_target_" in block:
+        return setting_class(block["_target_"]).create(**options)
+    if "name" in block:
+        return make_env(block["name"], **options)
+    raise ValueError(f"an env block needs _target_ (an import path) or name (one of {', '.join(ENVS)})")

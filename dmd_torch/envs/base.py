@@ -1,50 +1,71 @@
-"""What a mechanism-design setting provides: an MDP, a type prior, rewards and the leader's loss.
+"""What a mechanism-design setting provides, and what it knows about itself.
 
 A *type profile* is a tensor ``types[B, n, K]``: one row of ``K`` numbers per agent (a value in the
 sales settings, a cost per task in scheduling, a value per cell in the gridworld). A setting turns
 reported types into rewards ``r[B, n, S, A]`` on its MDP; the mechanism (:mod:`dmd_torch.mechanism`)
-does the rest. A user-defined setting subclasses :class:`Setting` and implements
-:meth:`Setting.sample_types` and :meth:`Setting.rewards` (and :meth:`Setting.loss_vector` for a loss
-other than revenue).
+does the rest. A user's setting subclasses :class:`Setting`: it calls ``super().__init__`` with the
+common arguments, builds ``self.mdp`` and implements :meth:`Setting.type_bounds`,
+:meth:`Setting.sample_types` and :meth:`Setting.rewards` (and, for an objective other than revenue,
+sets ``objective = Loss(name)`` and implements :meth:`Setting.loss_vector`). Everything the library
+needs to know about a setting is a method or attribute here, so a subclass changes it by overriding:
+its objective and direction, its type priors (:attr:`Setting.distributions`), its options (the
+constructor's arguments, :meth:`Setting.config`), the parameters the leader optimizes, the grid
+search's box (:meth:`Setting.search_box`), the known optimal mechanism (:meth:`Setting.known_optimum`)
+and the key its results are reported under (:attr:`Setting.report_key`).
 """
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from dmd_torch.checks import check_int
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import TabularMDP
+from dmd_torch.objective import REVENUE, LeaderObjective
 
 __all__ = ["Setting", "history_tree_mdp", "uniform"]
+
 
 class Setting(ABC):
     """Base class of a dynamic mechanism-design setting.
 
+    Args:
+        n_agents: Number of agents ``n >= 1``.
+        size: The setting's size parameter (items, tasks, grid side), ``>= min_size``.
+        distribution: Name of the type prior, one of :attr:`distributions` (``None``: the first).
+
     Attributes:
-        name: Factory name (``seq_sales``, ``scheduling``, ``gridworld`` or a user's own).
-        n_agents: Number of agents ``n``.
-        size: Size parameter (items, tasks, grid side).
-        distribution: Name of the type prior.
-        mdp: The :class:`~dmd_torch.mdp.TabularMDP` the mechanism controls.
-        objective: ``"revenue"`` (maximized) or the name of a loss (minimized) given by
-            :meth:`loss_vector`.
-        optimize_weights: Whether the paper optimizes the AMA weights in this setting.
-        optimize_boosts: Whether the paper optimizes the AMA boosts in this setting.
-        boost_range: Half-width ``B`` of the Sobol search box ``[-B, B]`` for the boosts.
+        name: Short name (``seq_sales``, ``scheduling``, ``gridworld`` or a user's own).
+        distributions: The type priors the setting offers; the first is the default.
+        min_size: The smallest allowed ``size``.
+        objective: The leader's objective (:class:`~dmd_torch.objective.LeaderObjective`): revenue by
+            default, or a ``Loss`` given by :meth:`loss_vector`.
+        optimize_weights: Whether the leader optimizes the AMA weights (else ``w = 1``).
+        optimize_boosts: Whether the leader optimizes the AMA boosts (else ``b = 0``).
+        boost_range: Half-width ``B`` of the default search box ``[-B, B]`` of the boosts.
+        mdp: The :class:`~dmd_torch.mdp.TabularMDP` the mechanism controls (built by the subclass).
     """
 
-    name: str
-    n_agents: int
-    size: int
-    distribution: str
-    mdp: TabularMDP
-    objective: str = "revenue"
+    name: ClassVar[str] = "custom"
+    distributions: ClassVar[tuple[str, ...]] = ("default",)
+    min_size: ClassVar[int] = 1
+    objective: ClassVar[LeaderObjective] = REVENUE
     optimize_weights: bool = False
     optimize_boosts: bool = True
     boost_range: float = 1.0
+    mdp: TabularMDP
+
+    def __init__(self, n_agents: int, size: int, distribution: str | None = None) -> None:
+        self.n_agents = check_int("n_agents", n_agents)
+        self.size = check_int(f"{self.name} size", size, minimum=self.min_size)
+        chosen = self.distributions[0] if distribution is None else distribution
+        if chosen not in self.distributions:
+            raise ValueError(f"unknown distribution {chosen!r} for {self.name}; allowed: {', '.join(self.distributions)}")
+        self.distribution = chosen
 
     # ---------------------------------------------------------------- what a setting implements
     @property
@@ -65,47 +86,97 @@ class Setting(ABC):
         """Maps type profiles ``[B, n, K]`` to rewards ``r[B, n, S, A]``."""
 
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
-        """Per-state-action loss ``q[B, S, A]`` with loss = ``<q, nu>`` (objectives other than revenue)."""
-        raise NotImplementedError(f"setting {self.name!r} has objective {self.objective!r} and no loss vector")
+        """Per-state-action loss ``q[B, S, A]`` with loss ``= <q, nu>`` (objectives other than revenue)."""
+        raise NotImplementedError(f"setting {self.name!r} has objective {self.objective.name!r} and no loss vector")
 
     def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
-        """The loss ``<q, nu>`` of the chosen deterministic policies, one per profile ``[B]``.
+        """The loss ``<q, nu>`` of each solution ``[..., B]`` (``occupancy`` of the full problem).
 
-        ``occupancy`` comes from :func:`~dmd_torch.exact.policy_occupancy`. By default this is
-        :meth:`loss_vector` contracted with it; a setting may compute it more cheaply, e.g. from
-        the policies' paths alone (the scheduling makespan).
+        By default :meth:`loss_vector` contracted with the occupancy; a setting may compute it more
+        cheaply for deterministic policies, e.g. from their paths alone (the scheduling makespan).
         """
-        return occupancy.inner(self.loss_vector(types))
+        return occupancy.inner(self.checked_loss_vector(types))
 
-    # ---------------------------------------------------------------- shared behaviour
+    # ---------------------------------------------------------------- what a setting knows
+    def known_optimum(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Weights ``[n]`` and boosts ``[S, A]`` of an AMA known to be optimal here, or ``None`` (default)."""
+        return None
+
+    def search_box(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Lower and upper bounds ``[S, A]`` of the boosts that grid search samples (default ``[-B, B]``)."""
+        high = torch.full(self.mdp.shape, float(self.boost_range), dtype=self.mdp.dtype, device=self.mdp.device)
+        return -high, high
+
     @property
-    def maximize(self) -> bool:
-        """True when the leader's objective is maximized (revenue), False when it is a loss."""
-        return self.objective == "revenue"
+    def report_key(self) -> str:
+        """The key the results and the report file this setting's runs under (default :attr:`name`)."""
+        return self.name
 
+    def config(self) -> dict[str, Any]:
+        """The setting as a config block: ``_target_`` (the class's import path) and every constructor
+        argument, read from the attribute of the same name (what ``mechanism.json`` records)."""
+        cls = type(self)
+        block: dict[str, Any] = {"_target_": f"{cls.__module__}.{cls.__qualname__}"}
+        for name in _init_parameters(cls):
+            if not hasattr(self, name):
+                raise ValueError(f"{cls.__name__} must store its constructor argument {name!r} as an attribute "
+                                 "of that name (or override config())")
+            value = getattr(self, name)
+            block[name] = list(value) if isinstance(value, tuple) else value
+        return block
+
+    @classmethod
+    def create(cls, **kwargs: Any) -> Setting:
+        """``cls(**kwargs)``, with a one-line ``ValueError`` naming an argument the constructor does not take."""
+        allowed = _init_parameters(cls)
+        unknown = sorted(set(kwargs) - set(allowed))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for {cls.name} ({cls.__name__}); "
+                             f"allowed: {', '.join(allowed) or 'none'}")
+        return cls(**kwargs)
+
+    # ---------------------------------------------------------------- checked at the boundary
     def check_types(self, types: torch.Tensor) -> torch.Tensor:
-        """Validates a type tensor ``[B, n, K]``: shape and finiteness."""
+        """Validates a type tensor ``[B, n, K]``: a floating-point tensor of that shape, finite."""
         if not isinstance(types, torch.Tensor):
             raise TypeError(f"types must be a torch.Tensor, got {type(types).__name__}")
         want = (self.n_agents, self.type_dim)
         if types.dim() != 3 or tuple(types.shape[1:]) != want:
             raise ValueError(f"types must have shape [B, n, K] = [B, {want[0]}, {want[1]}], got {tuple(types.shape)}")
+        if not types.is_floating_point():
+            raise ValueError(f"types must be a floating-point tensor, got {types.dtype}")
         if not torch.isfinite(types).all():
             raise ValueError("types contain NaN or inf")
         return types
 
-    def env_block(self) -> dict[str, Any]:
-        """The ``env`` block written to ``mechanism.json`` and ``results.json``."""
-        block: dict[str, Any] = {
-            "name": self.name,
-            "n_agents": self.n_agents,
-            "size": self.size,
-            "distribution": self.distribution,
-        }
-        if self.mdp.gamma < 1.0:
-            block["gamma"] = self.mdp.gamma
-        return block
+    def checked_sample(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """:meth:`sample_types`, checked: ``[num, n, K]``, floating point, finite."""
+        types = self.sample_types(check_int("profiles", num), generator)
+        try:
+            self.check_types(types)
+            if types.shape[0] != num:
+                raise ValueError(f"{num} profiles were asked for, {types.shape[0]} drawn")
+            if types.dtype != self.mdp.dtype:
+                raise ValueError(f"types must have the MDP's dtype {self.mdp.dtype}, got {types.dtype}")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{type(self).__name__}.sample_types: {err}") from None
+        return types
 
+    def checked_rewards(self, types: torch.Tensor) -> torch.Tensor:
+        """:meth:`rewards` of checked types, itself checked: ``[B, n, S, A]`` in the MDP's dtype and on
+        the types' device (finiteness is checked on the solutions, which NaN or inf rewards reach)."""
+        self.check_types(types)
+        r = self.rewards(types)
+        _check_output(self, "rewards", r, (types.shape[0], self.n_agents, *self.mdp.shape), types.device)
+        return r
+
+    def checked_loss_vector(self, types: torch.Tensor) -> torch.Tensor:
+        """:meth:`loss_vector`, checked: ``[B, S, A]`` on the types' device."""
+        q = self.loss_vector(types)
+        _check_output(self, "loss_vector", q, (types.shape[0], *self.mdp.shape), types.device)
+        return q
+
+    # ---------------------------------------------------------------- description
     def state_label_json(self, label: Any) -> Any:
         """A state label as JSON (tuples become lists)."""
         return list(label) if isinstance(label, tuple) else label
@@ -114,8 +185,27 @@ class Setting(ABC):
         S, A = self.mdp.shape
         return (
             f"{type(self).__name__}(name={self.name!r}, n_agents={self.n_agents}, size={self.size}, "
-            f"distribution={self.distribution!r}, S={S}, A={A}, objective={self.objective!r})"
+            f"distribution={self.distribution!r}, S={S}, A={A}, objective={self.objective.name!r})"
         )
+
+
+def _init_parameters(cls: type) -> list[str]:
+    """The keyword parameters of ``cls.__init__`` (its options)."""
+    params = inspect.signature(cls.__init__).parameters.values()
+    return [p.name for p in params if p.name != "self" and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def _check_output(setting: Setting, what: str, x: Any, shape: tuple[int, ...], device: torch.device) -> None:
+    """Raises a one-line ``ValueError`` unless ``x`` is a floating tensor of ``shape`` on ``device``."""
+    where = f"{type(setting).__name__}.{what}"
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{where} must return a torch.Tensor, got {type(x).__name__}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{where} must return shape {list(shape)}, got {list(x.shape)}")
+    if x.dtype != setting.mdp.dtype:
+        raise ValueError(f"{where} must return the MDP's dtype {setting.mdp.dtype}, got {x.dtype}")
+    if x.device != device:
+        raise ValueError(f"{where} must return a tensor on {device}, got one on {x.device}")
 
 
 def history_tree_mdp(actions: list[int], horizon: int) -> tuple[TabularMDP, torch.Tensor]:

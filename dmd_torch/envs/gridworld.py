@@ -12,13 +12,11 @@ from __future__ import annotations
 
 import torch
 
-from dmd_torch.checks import check_int
 from dmd_torch.envs.base import Setting, uniform
 from dmd_torch.mdp import TabularMDP, pick
 
-__all__ = ["Gridworld", "GRIDWORLD_DISTRIBUTIONS", "MOVES"]
+__all__ = ["Gridworld", "MOVES"]
 
-GRIDWORLD_DISTRIBUTIONS = ("one_cell", "uniform")
 MOVES = {"up": (0, -1), "down": (0, 1), "left": (-1, 0), "right": (1, 0)}
 
 
@@ -33,25 +31,18 @@ class Gridworld(Setting):
     """
 
     name = "gridworld"
-    objective = "revenue"
-    optimize_weights = False
+    distributions = ("one_cell", "uniform")
+    min_size = 2  # a goal cell other than the start
 
     def __init__(
         self, n_agents: int = 2, size: int = 3, distribution: str = "one_cell", gamma: float = 0.9
     ) -> None:
-        self.n_agents = check_int("n_agents", n_agents)
-        self.size = check_int("size", size)
-        if size < 2:
-            raise ValueError(f"gridworld size must be >= 2 (a goal cell other than the start), got {size}")
-        if distribution not in GRIDWORLD_DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown distribution {distribution!r} for gridworld; allowed: {', '.join(GRIDWORLD_DISTRIBUTIONS)}"
-            )
+        super().__init__(n_agents, size, distribution)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not (0.0 < gamma < 1.0):
             raise ValueError(f"gamma must lie in the open interval (0, 1), got {gamma!r}")
-        self.distribution = distribution
-        self.boost_range = n_agents / (1.0 - gamma)
-        g = size
+        self.gamma = float(gamma)
+        self.boost_range = self.n_agents / (1.0 - gamma)
+        g = self.size
         labels = [(x, y) for x in range(g) for y in range(g)]
         nxt = torch.tensor(
             [[((x + dx) % g) * g + (y + dy) % g for dx, dy in MOVES.values()] for x, y in labels],
@@ -64,13 +55,16 @@ class Gridworld(Setting):
     def type_dim(self) -> int:
         return self.size * self.size
 
+    @property
+    def report_key(self) -> str:
+        return "gridworld" if self.distribution == "one_cell" else f"gridworld_{self.distribution}"
+
     def type_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = torch.ones(self.n_agents, self.type_dim, dtype=torch.float64)
         high[:, 0] = 0.0
         return torch.zeros_like(high), high
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        num = check_int("num", num)
         cells = self.type_dim
         if self.distribution == "uniform":
             types = uniform((num, self.n_agents, cells), torch.tensor(1.0, dtype=torch.float64), generator)
@@ -82,6 +76,5 @@ class Gridworld(Setting):
         return types.scatter_(-1, goal.unsqueeze(-1), value.unsqueeze(-1))
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
-        self.check_types(types)
         entered = self._entered.to(types.device)
         return pick(types, entered.flatten()).view(*types.shape[:2], *entered.shape)

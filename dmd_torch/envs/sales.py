@@ -3,19 +3,16 @@
 States are allocation histories ``h = (a_1, ..., a_t)``, ``t = 0..m-1``, with ``a_k`` in
 ``{0 = nobody, 1..n}``; action ``a`` appends to the history. Bidder ``i`` gets
 ``r_i(h, a) = v_i`` when ``a = i`` and ``i`` is not in ``h`` (unit demand). Types are
-``v_i ~ U[0, 1]`` (symmetric) or ``v_i ~ U[0, 1/i]`` (asymmetric; spec, "Sequential sales").
+``v_i ~ U[0, 1]`` (symmetric) or ``v_i ~ U[0, 1/i]`` (asymmetric; docs/settings.md).
 """
 
 from __future__ import annotations
 
 import torch
 
-from dmd_torch.checks import check_int
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 
-__all__ = ["SequentialSales", "SALES_DISTRIBUTIONS"]
-
-SALES_DISTRIBUTIONS = ("symmetric", "asymmetric")
+__all__ = ["SequentialSales"]
 
 
 class SequentialSales(Setting):
@@ -28,18 +25,14 @@ class SequentialSales(Setting):
     """
 
     name = "seq_sales"
-    objective = "revenue"
+    distributions = ("symmetric", "asymmetric")
 
-    def __init__(self, n_agents: int = 2, size: int = 2, distribution: str = "symmetric") -> None:
-        self.n_agents = check_int("n_agents", n_agents)
-        self.size = check_int("size", size)
-        if distribution not in SALES_DISTRIBUTIONS:
-            raise ValueError(f"unknown distribution {distribution!r} for seq_sales; allowed: {', '.join(SALES_DISTRIBUTIONS)}")
-        self.distribution = distribution
-        self.optimize_weights = distribution == "asymmetric"
-        self.boost_range = float(n_agents)
-        n = n_agents
-        self.mdp, _ = history_tree_mdp(list(range(n + 1)), size)
+    def __init__(self, n_agents: int = 3, size: int = 2, distribution: str = "symmetric") -> None:
+        super().__init__(n_agents, size, distribution)
+        n = self.n_agents
+        self.optimize_weights = self.distribution == "asymmetric"
+        self.boost_range = float(n)
+        self.mdp, _ = history_tree_mdp(list(range(n + 1)), self.size)
         S, A = self.mdp.shape
         mask = torch.zeros(n, S, A, dtype=torch.float64)
         for s, h in enumerate(self.mdp.state_labels):
@@ -54,23 +47,30 @@ class SequentialSales(Setting):
     def type_dim(self) -> int:
         return 1
 
+    @property
+    def report_key(self) -> str:
+        return f"seq_sales_{'sym' if self.distribution == 'symmetric' else 'asym'}"
+
     def type_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.zeros(self.n_agents, 1, dtype=torch.float64), self._top.unsqueeze(-1).clone()
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        return uniform((check_int("num", num), self.n_agents, 1), self._top.unsqueeze(-1), generator)
+        return uniform((num, self.n_agents, 1), self._top.unsqueeze(-1), generator)
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
-        self.check_types(types)
-        mask = self._mask.to(types)
-        return types[..., None] * mask
+        return types[..., None] * self._mask.to(types)
+
+    def known_optimum(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Myerson's optimal auction as an AMA: ``w = 1``, ``b(h, i) = -c_i / 2``, ``b(h, 0) = 0``.
+
+        Both priors are regular with virtual value ``2 v_i - c_i`` (``c_i`` the top of bidder ``i``'s
+        support), and with these boosts the AMA sells to the bidders with the ``m`` largest positive
+        virtual values, which is revenue-optimal (docs/settings.md).
+        """
+        return torch.ones(self.n_agents, dtype=torch.float64), self.myerson_boosts()
 
     def myerson_boosts(self) -> torch.Tensor:
-        """Boosts of the revenue-optimal (Myerson) AMA: ``b(h, i) = -c_i / 2``, ``b(h, 0) = 0``.
-
-        With ``w = 1`` the AMA sells to the bidders with the ``m`` largest positive virtual values
-        ``2 v_i - c_i`` (spec, "Known optimum"), ``c_i`` the top of bidder ``i``'s support.
-        """
+        """The boosts of :meth:`known_optimum` ``[S, A]``."""
         S, A = self.mdp.shape
         b = torch.zeros(S, A, dtype=torch.float64)
         b[:, 1:] = -self._top / 2

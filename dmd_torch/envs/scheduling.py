@@ -3,7 +3,7 @@
 States are assignment histories ``(a_1, ..., a_{t-1})``, actions ``{1..n}``. Worker ``i`` has cost
 ``c[i, tau]`` for task ``tau`` and reward ``r_i(h, a) = -c[i, len(h)+1]`` when ``a = i``. Costs are
 ``U[0, 3]`` (symmetric) or ``i * U[0, 3]`` (asymmetric). The leader's loss is the makespan left after
-the last assignment, simulated as a queue (spec, "Dynamic task scheduling"): before each task, every
+the last assignment, simulated as a queue (docs/settings.md, "Dynamic task scheduling"): before each task, every
 worker with remaining work ``R_i > 0`` works one unit (``R_i -= 1``, *not* clamped at zero by
 default, as in the published figures; ``clamped=True`` gives the physical rule), then the assigned
 worker's ``R`` grows by its cost; makespan = ``max(max_i R_i, 0)``. It depends only on the final
@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import torch
 
-from dmd_torch.checks import check_int
+from dmd_torch.checks import check_bool
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import pick
+from dmd_torch.objective import Loss
 
-__all__ = ["TaskScheduling", "SCHEDULING_DISTRIBUTIONS", "queue_makespan"]
+__all__ = ["TaskScheduling", "queue_makespan"]
 
-SCHEDULING_DISTRIBUTIONS = ("symmetric", "asymmetric")
 _COST_TOP = 3.0
 
 
@@ -30,21 +30,21 @@ def queue_makespan(costs: torch.Tensor, assignment: torch.Tensor, clamped: bool 
 
     Args:
         costs: Worker costs ``[B, n, T]``.
-        assignment: Worker index (0-based) of each task: ``[P, T]`` (the same ``P`` assignments for
-            every profile) or ``[B, P, T]`` (``P`` assignments per profile).
+        assignment: Worker index (0-based) of each task, ``[..., B, T]`` (leading dimensions, e.g.
+            candidate mechanisms, broadcast).
         clamped: Clamp remaining work at zero (physical rule) instead of carrying credit.
 
     Returns:
-        Makespans ``[B, P]``.
+        Makespans ``[..., B]``.
     """
     B, n, T = costs.shape
-    P = assignment.shape[-2]
-    who_all = assignment.expand(B, P, T)
-    R = torch.zeros(B, P, n, dtype=costs.dtype, device=costs.device)
+    lead = assignment.shape[:-2]
+    R = torch.zeros(*lead, B, n, dtype=costs.dtype, device=costs.device)
     onehot = torch.eye(n, dtype=costs.dtype, device=costs.device)
     for tau in range(T):
-        who = who_all[..., tau]  # [B, P]
-        R = _queue_step(R, onehot[who] * costs[..., tau].gather(-1, who).unsqueeze(-1), clamped)
+        who = assignment[..., tau]  # [..., B]
+        cost = costs[..., tau].expand(*lead, B, n).gather(-1, who.unsqueeze(-1))  # [..., B, 1]
+        R = _queue_step(R, onehot[who] * cost, clamped)
     return R.max(-1).values.clamp(min=0.0)
 
 
@@ -59,23 +59,16 @@ class TaskScheduling(Setting):
     """
 
     name = "scheduling"
-    objective = "makespan"
+    distributions = ("symmetric", "asymmetric")
+    objective = Loss("makespan")
 
     def __init__(
         self, n_agents: int = 2, size: int = 4, distribution: str = "symmetric", clamped: bool = False
     ) -> None:
-        self.n_agents = check_int("n_agents", n_agents)
-        self.size = check_int("size", size)
-        if distribution not in SCHEDULING_DISTRIBUTIONS:
-            raise ValueError(
-                f"unknown distribution {distribution!r} for scheduling; allowed: {', '.join(SCHEDULING_DISTRIBUTIONS)}"
-            )
-        if not isinstance(clamped, bool):
-            raise ValueError(f"clamped must be true or false, got {clamped!r}")
-        self.distribution = distribution
-        self.clamped = clamped
-        self.optimize_weights = distribution == "asymmetric"
-        n = n_agents
+        super().__init__(n_agents, size, distribution)
+        self.clamped = check_bool("clamped", clamped)
+        self.optimize_weights = self.distribution == "asymmetric"
+        n, size = self.n_agents, self.size
         self.boost_range = float(n * max(n, 3))
         self.mdp, self._depth = history_tree_mdp(list(range(1, n + 1)), size)
         scale = torch.arange(1, n + 1, dtype=torch.float64) if self.optimize_weights else torch.ones(n, dtype=torch.float64)
@@ -84,8 +77,6 @@ class TaskScheduling(Setting):
         S, A = self.mdp.shape
         last = (self._depth == size - 1).nonzero().flatten()
         self._terminal_states = last
-        seqs = [list(self.mdp.state_labels[s]) + [a] for s in last.tolist() for a in range(1, n + 1)]
-        self._assignments = torch.tensor(seqs, dtype=torch.long).reshape(-1, size) - 1
         # The queue after each history, built along the tree: parent state and worker of its last task.
         index = {h: k for k, h in enumerate(self.mdp.state_labels)}
         self._parent = torch.tensor([index.get(h[:-1], 0) for h in self.mdp.state_labels], dtype=torch.long)
@@ -96,16 +87,18 @@ class TaskScheduling(Setting):
     def type_dim(self) -> int:
         return self.size
 
+    @property
+    def report_key(self) -> str:
+        return f"scheduling_{'sym' if self.distribution == 'symmetric' else 'asym'}" + ("_clamped" if self.clamped else "")
+
     def type_bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         high = self._top.unsqueeze(-1).expand(self.n_agents, self.size).clone()
         return torch.zeros_like(high), high
 
     def sample_types(self, num: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = (check_int("num", num), self.n_agents, self.size)
-        return uniform(shape, self._top[:, None], generator)
+        return uniform((num, self.n_agents, self.size), self._top[:, None], generator)
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
-        self.check_types(types)
         B, n, _ = types.shape
         depth = self._depth.to(types.device)
         r = types.new_zeros(B, n, len(depth), n)
@@ -114,20 +107,18 @@ class TaskScheduling(Setting):
         return r
 
     def policy_loss(self, types: torch.Tensor, occupancy: PolicyOccupancy) -> torch.Tensor:
-        """Makespan of the chosen assignments ``[B]``: the queue simulated along each policy's path.
+        """Makespan of the chosen assignments ``[..., B]``: the queue simulated along each policy's path.
 
         The path's actions are the assignment of the tasks (action ``a`` = worker ``a + 1``), so no
         loss vector is needed; equal to ``<loss_vector(types), nu>``.
         """
         if occupancy.path is None:
             return super().policy_loss(types, occupancy)
-        self.check_types(types)
-        workers = occupancy.path % self.mdp.num_actions  # [B, T]
-        return queue_makespan(types, workers.unsqueeze(-2), self.clamped).squeeze(-1)
+        workers = occupancy.path % self.mdp.num_actions  # [..., B, T]
+        return queue_makespan(types, workers, self.clamped)
 
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
         """Makespan of each terminal state-action pair ``q[B, S, A]`` (zero elsewhere)."""
-        self.check_types(types)
         B, n, T = types.shape
         S, A = self.mdp.shape
         dev = types.device

@@ -1,32 +1,26 @@
 """Outer optimization methods over the AMA parameters (paper, section 4 and Algorithm 1).
 
 * :class:`GridSearch` (``grid``): Sobol candidates scored exactly on common profiles.
-* :class:`ZerothOrder` (``zeroth_order``): bilevel zeroth-order gradients (Sow, Ji & Liang 2022).
 * :class:`RegularizedLP` (``reg_lp``): gradients through the entropy-regularized follower.
+* :class:`ZerothOrder` (``zeroth_order``): bilevel zeroth-order gradients (Sow, Ji & Liang 2022).
 
-All share the :class:`Method` interface (``check_setting``, ``run(ama, heldout=, seed=, callback=)``);
-the gradient methods start from a :class:`MultiStart` (Algorithm 1). :func:`make_method` builds one by
-name from keyword arguments (e.g. a Hydra ``method`` config block).
+The two gradient methods are one :class:`GradientMethod` with different
+:class:`GradientEstimator`\\ s, started by a :class:`MultiStart` (Algorithm 1). Each method is built
+from its configuration dataclass (:mod:`dmd_torch.config`), the same that the Hydra app composes:
+:func:`make_method` builds one by name with the same defaults as ``method=<name>`` on the command line.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from dmd_torch.methods.base import (
-    Callback,
-    Method,
-    MethodResult,
-    OptimizerSpec,
-    SchedulerSpec,
-    StepEvent,
-    initial_mechanism,
-)
-from dmd_torch.methods.gradient import GradientMethod
+from dmd_torch.config import MethodConfig
+from dmd_torch.methods.base import Callback, Method, MethodResult, StepEvent, initial_mechanism
+from dmd_torch.methods.gradient import GradientEstimator, GradientMethod
 from dmd_torch.methods.grid import GridSearch
 from dmd_torch.methods.multistart import MultiStart
-from dmd_torch.methods.reg_lp import RegularizedLP
-from dmd_torch.methods.zeroth_order import ZerothOrder
+from dmd_torch.methods.reg_lp import RegularizedEstimator, RegularizedLP
+from dmd_torch.methods.zeroth_order import ZerothOrder, ZerothOrderEstimator, ZerothOrderFollower
 
 __all__ = [
     "METHODS",
@@ -35,40 +29,41 @@ __all__ = [
     "MethodResult",
     "StepEvent",
     "Callback",
-    "OptimizerSpec",
-    "SchedulerSpec",
     "MultiStart",
+    "GradientEstimator",
     "GradientMethod",
     "GridSearch",
-    "ZerothOrder",
+    "RegularizedEstimator",
     "RegularizedLP",
+    "ZerothOrder",
+    "ZerothOrderEstimator",
+    "ZerothOrderFollower",
     "initial_mechanism",
 ]
 
 #: Registry of the methods by name.
-METHODS: dict[str, type[Method]] = {
-    GridSearch.name: GridSearch,
-    ZerothOrder.name: ZerothOrder,
-    RegularizedLP.name: RegularizedLP,
-}
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in (GridSearch, ZerothOrder, RegularizedLP)}
 
 
-def make_method(name: str, **kwargs: Any) -> Method:
-    """Builds a method by registry name, validating every argument before any work.
+def make_method(method: str | MethodConfig, **overrides: Any) -> Method:
+    """Builds a method by name (with ``overrides`` over its defaults) or from its configuration.
 
     Args:
-        name: ``grid``, ``zeroth_order`` or ``reg_lp``.
-        **kwargs: The method's attributes (see its class); nested ``optimizer``, ``scheduler`` and
-            ``multistart`` may be mappings.
+        method: ``grid``, ``zeroth_order``, ``reg_lp``, or a :class:`~dmd_torch.config.MethodConfig`.
+        **overrides: Configuration values, e.g. ``steps=500``, ``optimizer={"name": "SGD", "lr": 0.1}``.
 
     Raises:
-        ValueError: On an unknown name or key, or an out-of-range value (one line, with the allowed values).
+        ValueError: On an unknown name or key, a value of the wrong type, or one out of range
+            (one line, with what is allowed).
     """
+    if isinstance(method, MethodConfig):
+        if overrides:
+            raise ValueError("pass either a method config or overrides, not both")
+        name = method.name
+    else:
+        name = method
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    cls = METHODS[name]
-    allowed = [f for f in cls.__dataclass_fields__ if f != "name"]
-    unknown = sorted(set(kwargs) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown key(s) {', '.join(unknown)} for method {name}; allowed: {', '.join(allowed)}")
-    return cls(**kwargs)
+    if isinstance(method, MethodConfig):
+        return METHODS[name](method)
+    return METHODS[name](**overrides)

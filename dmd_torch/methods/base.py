@@ -2,29 +2,30 @@
 
 The leader's problem (paper, equation 1) is ``min_{w, b} E_r[L(pi*(w, b, r), w, b)]``; every method
 moves the parameters ``theta = (log w, b)`` of one :class:`~dmd_torch.mechanism.AMA` module. A
-:class:`Method` exposes :meth:`Method.check_setting` (raises a one-line ``ValueError`` before any work
-when a setting does not suit it) and :meth:`Method.run`, which optimizes the module in place, reports
-progress through a :data:`Callback` and returns a :class:`MethodResult`.
+:class:`Method` is built from its typed configuration (:mod:`dmd_torch.config`), exposes
+:meth:`Method.check_setting` (a one-line ``ValueError`` before any work when a setting does not suit
+it) and :meth:`Method.run`, which optimizes the module in place, reports progress through a
+:data:`Callback` and returns a :class:`MethodResult`.
 
 This module also holds what the methods share: the held-out score (exact inner solve, paper,
-section 5), the initial mechanism of the gradient methods (spec: ``w = 1``, ``b ~ U[0, 1]``), the
-batched affine rewards of several candidate parameter vectors at once, parameter snapshots, and the
-validation of optimizer and learning-rate-schedule specifications (``torch.optim`` class names).
+section 5), the initial mechanism of the gradient methods (``w = 1``, ``b ~ U[0, 1]``), parameter
+snapshots and the seeds of a run's random streams.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import zlib
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from dmd_torch.checks import check_choice, check_float
+from dmd_torch.checks import check_choice
+from dmd_torch.config import INITS, MethodConfig, to_config
 from dmd_torch.envs.base import Setting
 from dmd_torch.evaluation import objective_values
 from dmd_torch.mechanism import AMA
@@ -34,10 +35,6 @@ __all__ = [
     "MethodResult",
     "StepEvent",
     "Callback",
-    "OptimizerSpec",
-    "SchedulerSpec",
-    "as_spec",
-    "INITS",
     "initial_mechanism",
     "free_parameters",
     "snapshot",
@@ -45,9 +42,6 @@ __all__ = [
     "exact_score",
     "stream_seed",
 ]
-
-#: Initial mechanisms of the gradient methods: ``uniform`` is the spec's ``w = 1, b ~ U[0, 1]``.
-INITS = ("uniform", "vcg")
 
 
 def stream_seed(seed: int, stream: str) -> int:
@@ -57,108 +51,6 @@ def stream_seed(seed: int, stream: str) -> int:
     evaluation profiles of :func:`dmd_torch.evaluation.evaluate` (which seeds with ``seed`` itself).
     """
     return (int(seed) * 1_000_003 + zlib.crc32(stream.encode()) + 2**33) % 2**62
-
-
-# --------------------------------------------------------------------------- optimizer specs
-_OPTIMIZERS = tuple(
-    sorted(
-        name
-        for name in dir(torch.optim)
-        if isinstance(getattr(torch.optim, name), type)
-        and issubclass(getattr(torch.optim, name), torch.optim.Optimizer)
-        and name != "Optimizer"
-    )
-)
-_SCHEDULERS = tuple(
-    sorted(
-        name
-        for name in dir(torch.optim.lr_scheduler)
-        if isinstance(getattr(torch.optim.lr_scheduler, name), type)
-        and issubclass(getattr(torch.optim.lr_scheduler, name), torch.optim.lr_scheduler.LRScheduler)
-        and name not in ("LRScheduler", "_LRScheduler", "ReduceLROnPlateau", "ChainedScheduler", "SequentialLR")
-    )
-)
-
-
-@dataclass
-class OptimizerSpec:
-    """A ``torch.optim`` optimizer by class name.
-
-    Attributes:
-        name: Class name in :mod:`torch.optim` (``SGD``, ``Adam``, ...).
-        lr: Step size ``> 0``.
-        kwargs: Further constructor arguments (e.g. ``momentum``, ``betas``).
-    """
-
-    name: str = "SGD"
-    lr: float = 0.01
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        check_choice("optimizer", self.name, _OPTIMIZERS)
-        self.lr = check_float("optimizer lr (step size)", self.lr)
-        self.kwargs = dict(self.kwargs or {})
-        self.build([nn.Parameter(torch.zeros(1))])  # fails now, not after the first step
-
-    def build(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        """The optimizer over ``params``."""
-        try:
-            return getattr(torch.optim, self.name)(params, lr=self.lr, **self.kwargs)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"bad arguments for optimizer {self.name} {self.kwargs}: {err}") from None
-
-
-#: Schedule-length arguments that default to the number of steps per start.
-_LENGTH_ARGS = ("T_max", "total_iters", "total_steps")
-
-
-@dataclass
-class SchedulerSpec:
-    """An optional ``torch.optim.lr_scheduler`` schedule by class name, stepped once per step.
-
-    A schedule-length argument the class takes (``T_max``, ``total_iters``, ``total_steps``) and
-    ``kwargs`` does not set defaults to the number of steps per start.
-
-    Attributes:
-        name: Class name in :mod:`torch.optim.lr_scheduler` (``CosineAnnealingLR``, ``StepLR``,
-            ...), or ``None`` for a constant step size.
-        kwargs: Constructor arguments (e.g. ``step_size``, ``gamma``, ``eta_min``).
-    """
-
-    name: str | None = None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        self.kwargs = dict(self.kwargs or {})
-        if self.name is not None:
-            check_choice("lr scheduler", self.name, _SCHEDULERS)
-            self.build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), steps=10)
-
-    def build(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
-        """The schedule attached to ``optimizer`` for a run of ``steps`` steps (``None``: constant)."""
-        if self.name is None:
-            return None
-        cls = getattr(torch.optim.lr_scheduler, self.name)
-        params = inspect.signature(cls).parameters
-        kwargs = {k: max(1, steps) for k in _LENGTH_ARGS if k in params and k not in self.kwargs}
-        kwargs.update(self.kwargs)
-        try:
-            return cls(optimizer, **kwargs)
-        except (TypeError, ValueError, KeyError) as err:
-            raise ValueError(f"bad arguments for lr scheduler {self.name} {self.kwargs}: {err}") from None
-
-
-def as_spec(cls: type, value: Any) -> Any:
-    """Turns a mapping (e.g. a config block) into ``cls``; passes instances and ``None`` through."""
-    if value is None or isinstance(value, cls):
-        return cls() if value is None else value
-    if isinstance(value, Mapping):
-        allowed = tuple(cls.__dataclass_fields__)
-        unknown = sorted(set(value) - set(allowed))
-        if unknown:
-            raise ValueError(f"unknown key(s) {', '.join(unknown)} for {cls.__name__}; allowed: {', '.join(allowed)}")
-        return cls(**dict(value))
-    raise ValueError(f"{cls.__name__} must be a mapping, got {value!r}")
 
 
 # --------------------------------------------------------------------------- progress reports
@@ -205,6 +97,7 @@ class MethodResult:
         heldout: Exact mean objective of the best parameters on the held-out sample.
         steps: Gradient steps taken (over all starts).
         candidates: Grid candidates scored.
+        starts: Starting points run (gradient methods; 1 for grid search).
         best_start: Index of the start that won (multi-start), else 0.
         history: Held-out evaluations ``{"step", "start", "heldout"}`` in order.
         top: For grid search, the best candidates ``(score, log_weights, boosts)``, best first.
@@ -214,16 +107,32 @@ class MethodResult:
     heldout: float
     steps: int = 0
     candidates: int = 0
+    starts: int = 1
     best_start: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     top: list[tuple[float, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class Method(ABC):
-    """An outer optimization method over the parameters of an :class:`AMA`."""
+    """An outer optimization method over the parameters of an :class:`AMA`.
+
+    Args:
+        config: The method's configuration (default: :attr:`Config` with ``overrides``).
+        **overrides: Configuration values over the defaults, e.g. ``steps=500`` or
+            ``optimizer={"name": "SGD", "lr": 0.1}`` (type- and range-checked, one-line errors).
+    """
 
     #: Registry name (``grid``, ``zeroth_order``, ``reg_lp``).
     name: ClassVar[str]
+    #: The configuration dataclass.
+    Config: ClassVar[type[MethodConfig]]
+
+    def __init__(self, config: MethodConfig | None = None, **overrides: Any) -> None:
+        if config is not None and overrides:
+            raise ValueError("pass either a config or overrides, not both")
+        self.config = to_config(self.Config, overrides) if config is None else config
+        if not isinstance(self.config, self.Config):
+            raise ValueError(f"{type(self).__name__} takes a {self.Config.__name__}, got {type(self.config).__name__}")
 
     def check_setting(self, setting: Setting) -> None:
         """Raises a one-line ``ValueError`` if the method cannot run on ``setting``."""
@@ -253,15 +162,25 @@ class Method(ABC):
         """
 
     def hparams(self) -> dict[str, Any]:
-        """Flat hyperparameters for logging."""
-        return {"method": self.name}
+        """The configuration's scalars, flat with dotted keys (for TensorBoard's HParams)."""
+        return _flat(dataclasses.asdict(self.config))
+
+
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        elif v is None or isinstance(v, (int, float, str, bool)):
+            out[f"{prefix}{k}"] = "none" if v is None else v
+    return out
 
 
 # --------------------------------------------------------------------------- shared helpers
 def initial_mechanism(ama: AMA, init: str, generator: torch.Generator) -> None:
     """Sets the free parameters of ``ama`` to the initial mechanism of the gradient methods.
 
-    ``uniform`` (spec): ``w = 1``, ``b ~ U[0, 1]`` elementwise; ``vcg``: ``w = 1``, ``b = 0``.
+    ``uniform`` (the paper's): ``w = 1``, ``b ~ U[0, 1]`` elementwise; ``vcg``: ``w = 1``, ``b = 0``.
     Parameters the setting does not optimize are left as they are.
     """
     check_choice("init", init, INITS)

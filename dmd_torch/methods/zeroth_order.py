@@ -1,25 +1,23 @@
 """Zeroth-order bilevel gradients (paper, section 4 "Zeroth-order methods"; Sow, Ji & Liang 2022).
 
-The leader's loss at a profile splits into a part with an explicit dependence on the parameters
-``theta = (log w, b)`` at fixed follower occupancies and a part that depends on ``theta`` only through
-the follower's best response ``nu*(theta)``:
+The leader's objective at a profile depends on the parameters ``theta = (log w, b)`` explicitly at
+fixed follower occupancies (the affine-welfare terms of the payments: optimal values of the
+follower's LP, so by the envelope theorem, paper Appendix C, ``d asw / d theta = <d c / d theta,
+nu*>`` at fixed ``nu*``) and through the follower's best response ``nu*(theta)`` (the agents' values,
+or a loss such as the makespan). The best response is piecewise constant in ``theta`` (``nu*`` is a
+vertex of the LP), so its derivative is estimated by Gaussian smoothing: for the gradient ``G`` of
+the objective in ``nu*``,
 
-* revenue (paper, section 4): ``rev = sw(nu*) + sum_i (asw^(-i) - asw) / w_i``. The affine-welfare
-  terms are optimal values of the follower's LP, so by the envelope theorem (paper, Appendix C)
-  ``d asw / d theta = <d c / d theta, nu*>`` at fixed ``nu*``; with the explicit ``1 / w_i`` this is
-  the *direct* partial derivative, computed by autograd (:func:`direct_loss`). The best-response
-  part is ``sw(nu*(theta))``.
-* makespan: ``<q, nu*(theta)>`` is all best-response part.
+    G . d nu* / d theta  ~  (1 / sigma^2) mean_j <G, nu*(theta + u_j) - nu*(theta)> u_j,   u_j ~ N(0, sigma^2 I),
 
-The best-response part is piecewise constant in ``theta`` (``nu*`` is a vertex of the LP), so its
-gradient is estimated by Gaussian smoothing (:func:`gaussian_smoothing_gradient`):
-``g = (1 / sigma^2) E_u[(L_br(theta + u) - L_br(theta)) u]``, ``u ~ N(0, sigma^2 I)``, with exact
-inner solves of all perturbed problems in one batched call (:func:`perturbed_response_losses`).
-Paper hyperparameters: 20 perturbations of std 0.05, 20 profiles per step, step size 0.1.
-
-Only the parameters the setting optimizes are perturbed. The response map is pluggable
-(``occupancy_fn``), so the estimator can be checked against autograd on the smooth, regularized
-follower problem.
+with exact inner solves of all perturbed problems in one batched call and common profiles. This
+module makes that estimate the backward pass of the follower's occupancy
+(:class:`ZerothOrderFollower`, a ``torch.autograd.Function`` inside), so the objective is the one
+computation :func:`~dmd_torch.objective.leader_objective` and its gradient comes from
+``loss.backward()`` like the regularized method's. Paper hyperparameters: 20 perturbations of std
+0.05, 20 profiles per step, step size 0.1. Only the parameters the setting optimizes are perturbed;
+the response map is pluggable (``occupancy_fn``), so the estimator can be checked against autograd
+on the smooth, regularized follower.
 """
 
 from __future__ import annotations
@@ -30,23 +28,21 @@ from typing import Any
 
 import torch
 
-from dmd_torch.envs.base import Setting
-from dmd_torch.exact import solve_exact
+from dmd_torch.config import ZerothOrderConfig
+from dmd_torch.exact import PolicyOccupancy, solve_exact
+from dmd_torch.follower import Follower, FollowerSolution, affine_rewards, affine_total
 from dmd_torch.mdp import TabularMDP
-from dmd_torch.mechanism import AMA, affine_rewards
-from dmd_torch.checks import check_float, check_int
-from dmd_torch.methods.base import free_parameters
-from dmd_torch.methods.gradient import GradientMethod
+from dmd_torch.mechanism import AMA
+from dmd_torch.methods.gradient import GradientEstimator, GradientMethod
+from dmd_torch.objective import leader_objective
 
 __all__ = [
-    "ZerothOrder",
     "OccupancyFn",
     "exact_occupancy",
-    "direct_loss",
-    "response_loss",
-    "perturbed_response_losses",
     "gaussian_smoothing_gradient",
-    "bilevel_gradient",
+    "ZerothOrderFollower",
+    "ZerothOrderEstimator",
+    "ZerothOrder",
 ]
 
 #: A follower response map: rewards ``c[..., S, A]`` to occupancies ``nu[..., S, A]`` (no gradient).
@@ -55,74 +51,7 @@ OccupancyFn = Callable[[TabularMDP, torch.Tensor], torch.Tensor]
 
 def exact_occupancy(mdp: TabularMDP, c: torch.Tensor) -> torch.Tensor:
     """The follower's exact best response (paper, equation 2), batched over leading dimensions."""
-    return solve_exact(mdp, c.detach()).occupancy
-
-
-def direct_loss(ama: AMA, r: torch.Tensor, nu: torch.Tensor, entropy_weight: float = 0.0) -> torch.Tensor:
-    """Mean loss terms with an explicit parameter dependence, at fixed occupancies (differentiable).
-
-    For revenue ``-sum_i (asw^(-i) - asw) / w_i`` with ``asw = <c, nu>`` at fixed ``nu`` (envelope
-    theorem); zero for a loss such as the makespan.
-
-    Args:
-        ama: The mechanism.
-        r: Agent rewards ``[P, n, S, A]``.
-        nu: Follower occupancies of all ``n + 1`` problems ``[P, n + 1, S, A]`` (revenue), detached.
-        entropy_weight: ``alpha`` when ``nu`` solves the entropy-regularized problem: ``asw`` is then
-            its optimal value ``<c, nu> + alpha H(nu)`` (as in :meth:`AMA.forward`); 0 for the LP.
-    """
-    if not ama.setting.maximize:
-        return sum(p.sum() for p in free_parameters(ama)) * 0.0
-    nu = nu.detach()
-    asw = (ama.affine_rewards(r) * nu).sum((-2, -1))  # [P, n + 1]
-    if entropy_weight:
-        asw = asw - entropy_weight * torch.special.xlogy(nu, nu).sum((-2, -1))
-    return -((asw[:, 1:] - asw[:, :1]) / ama.weights).sum(-1).mean()
-
-
-def response_loss(setting: Setting, types: torch.Tensor, r: torch.Tensor, nu: torch.Tensor) -> torch.Tensor:
-    """The loss part that depends on the follower's solution, per profile.
-
-    ``-sw(nu)`` for revenue, ``<q, nu>`` for a loss.
-
-    Args:
-        setting: The setting.
-        types: Profiles ``[P, n, K]``.
-        r: Their rewards ``[P, n, S, A]``.
-        nu: Occupancies of the full problem ``[..., P, S, A]``.
-
-    Returns:
-        ``[..., P]``.
-    """
-    if setting.maximize:
-        return -(r.sum(1) * nu).sum((-2, -1))
-    return (setting.loss_vector(types).to(nu) * nu).sum((-2, -1))
-
-
-def perturbed_response_losses(
-    ama: AMA,
-    types: torch.Tensor,
-    r: torch.Tensor,
-    delta_log_weights: torch.Tensor,
-    delta_boosts: torch.Tensor,
-    occupancy_fn: OccupancyFn = exact_occupancy,
-) -> torch.Tensor:
-    """Mean best-response loss at ``J`` perturbed parameters, one batched inner solve, ``[J]``.
-
-    Args:
-        ama: The mechanism at ``theta``.
-        types: Profiles ``[P, n, K]`` (common to all perturbations).
-        r: Their rewards ``[P, n, S, A]``.
-        delta_log_weights: Perturbations of ``log w`` ``[J, n]``.
-        delta_boosts: Perturbations of ``b`` ``[J, S, A]``.
-        occupancy_fn: The follower's response map.
-    """
-    with torch.no_grad():
-        lw = ama.log_weights.detach().unsqueeze(0) + delta_log_weights
-        b = ama.boosts.detach().unsqueeze(0) + delta_boosts
-        c = affine_rewards(r.unsqueeze(0), lw.exp()[:, None], b[:, None], without=False)  # [J, P, S, A]
-        nu = occupancy_fn(ama.setting.mdp, c)
-        return response_loss(ama.setting, types, r, nu).mean(-1)
+    return solve_exact(mdp, c.detach(), check_finite=False).occupancy
 
 
 def gaussian_smoothing_gradient(
@@ -165,97 +94,125 @@ def gaussian_smoothing_gradient(
     return terms.mean(0), terms
 
 
-def bilevel_gradient(
-    ama: AMA,
-    types: torch.Tensor,
-    num_perturbations: int,
-    sigma: float,
-    generator: torch.Generator,
-    occupancy_fn: OccupancyFn = exact_occupancy,
-    antithetic: bool = False,
-    entropy_weight: float = 0.0,
-) -> tuple[float, list[torch.Tensor]]:
-    """Zeroth-order bilevel estimate of the loss gradient on a mini-batch of profiles.
+@dataclass
+class _Perturbations:
+    """What the backward pass of :class:`_SmoothedResponse` needs: the problem and the estimator."""
 
-    ``grad = d direct_loss / d theta`` (autograd at fixed occupancies) ``+`` the Gaussian-smoothing
-    estimate of ``d E[response_loss(nu*(theta))] / d theta`` (common profiles for all perturbations).
+    follower: ZerothOrderFollower
+    mdp: TabularMDP
+    r: torch.Tensor
+    log_weights: torch.Tensor  # detached
+    boosts: torch.Tensor  # detached
+    free: tuple[bool, bool]  # which of (log_weights, boosts) are perturbed
 
-    Args:
-        ama: The mechanism; only its free parameters (``requires_grad``) are perturbed.
-        types: Profiles ``[P, n, K]``.
+    def gradient(self, grad: torch.Tensor, nu: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The smoothed ``<grad, d nu / d theta>`` for each free parameter (``None`` for the others)."""
+        n, (S, A) = self.log_weights.shape[-1], self.mdp.shape
+        sizes = [k for k, free in zip((n, S * A), self.free) if free]
+        fz = self.follower
+        base = (grad * nu).sum()
+
+        def f(u: torch.Tensor) -> torch.Tensor:
+            parts = iter(u.split(sizes, dim=1))
+            J = u.shape[0]
+            dlw = next(parts) if self.free[0] else u.new_zeros(J, n)
+            db = next(parts).reshape(J, S, A) if self.free[1] else u.new_zeros(J, S, A)
+            lw, b = self.log_weights + dlw, self.boosts + db
+            c = affine_total(self.r, lw.exp().unsqueeze(-2), b.unsqueeze(-3))  # [J, P, S, A]
+            return (grad * fz.occupancy_fn(self.mdp, c)).sum((-3, -2, -1))
+
+        g, _ = gaussian_smoothing_gradient(
+            f, sum(sizes), fz.num_perturbations, fz.sigma, fz.generator, f0=base, antithetic=fz.antithetic,
+            dtype=self.r.dtype,
+        )
+        parts = iter(g.split(sizes))
+        g_lw = next(parts).reshape(n) if self.free[0] else None
+        g_b = next(parts).reshape(S, A) if self.free[1] else None
+        return g_lw, g_b
+
+
+class _SmoothedResponse(torch.autograd.Function):
+    """Identity on the follower's occupancy ``nu*(theta)`` whose backward is the Gaussian-smoothing
+    estimate of ``<grad, d nu* / d theta>`` (module docstring)."""
+
+    @staticmethod
+    def forward(ctx: Any, log_weights: torch.Tensor, boosts: torch.Tensor, nu: torch.Tensor,
+                perturbations: _Perturbations) -> torch.Tensor:
+        ctx.save_for_backward(nu)
+        ctx.perturbations = perturbations
+        return nu.clone()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None, None]:
+        (nu,) = ctx.saved_tensors
+        g_lw, g_b = ctx.perturbations.gradient(grad, nu)
+        return g_lw, g_b, None, None
+
+
+@dataclass(frozen=True)
+class ZerothOrderFollower(Follower):
+    """The exact follower whose occupancy carries a zeroth-order gradient (module docstring).
+
+    The affine welfare of every problem is ``<c(theta), nu*>`` at fixed ``nu*`` (the envelope
+    theorem); the full problem's occupancy goes through :class:`_SmoothedResponse`. One parameter
+    vector only (no candidate dimension).
+
+    Attributes:
         num_perturbations: Perturbations per estimate (paper: 20).
         sigma: Their standard deviation (paper: 0.05).
         generator: Random generator of the perturbations.
+        antithetic: Two-sided perturbations (``2 J`` inner solves instead of ``J``).
         occupancy_fn: The follower's response map (default: exact).
-        antithetic: Two-sided perturbations (``2 J`` inner solves instead of ``J + 1``).
-        entropy_weight: ``alpha`` if ``occupancy_fn`` is the regularized response (see :func:`direct_loss`).
-
-    Returns:
-        The loss on the batch (``-revenue`` or the loss) and one gradient per free parameter, in the
-        order of :func:`free_parameters`.
+        entropy_weight: ``alpha`` if ``occupancy_fn`` is the regularized response: the affine welfare
+            is then its optimal value ``<c, nu> + alpha H(nu)``; 0 for the LP.
     """
-    setting = ama.setting
-    params = free_parameters(ama)
-    if not params:
-        raise ValueError("the mechanism has no free parameters")
-    r = setting.rewards(types)
-    with torch.no_grad():
-        c = ama.affine_rewards(r)
-        nu = occupancy_fn(setting.mdp, c if setting.maximize else c[:, :1])
-    direct = direct_loss(ama, r, nu, entropy_weight)
-    grads = list(torch.autograd.grad(direct, params, allow_unused=True, materialize_grads=True))
-    base = response_loss(setting, types, r, nu[:, 0]).mean()
 
-    n = setting.n_agents
-    S, A = setting.mdp.shape
-    sizes = [p.numel() for p in params]
+    num_perturbations: int
+    sigma: float
+    generator: torch.Generator
+    antithetic: bool = False
+    occupancy_fn: OccupancyFn = exact_occupancy
+    entropy_weight: float = 0.0
 
-    def f(u: torch.Tensor) -> torch.Tensor:
-        parts = dict(zip([id(p) for p in params], u.split(sizes, dim=1)))
-        J = u.shape[0]
-        dlw = parts.get(id(ama.log_weights), torch.zeros(J, n, dtype=u.dtype)).reshape(J, n)
-        db = parts.get(id(ama.boosts), torch.zeros(J, S * A, dtype=u.dtype)).reshape(J, S, A)
-        return perturbed_response_losses(ama, types, r, dlw.to(r), db.to(r), occupancy_fn)
+    def respond(
+        self, mdp: TabularMDP, r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor, without: bool
+    ) -> FollowerSolution:
+        if log_weights.dim() != 1 or boosts.dim() != 2:
+            raise ValueError("the zeroth-order follower takes one parameter vector: log_weights [n], boosts [S, A]")
+        free = (log_weights.requires_grad, boosts.requires_grad)
+        if not any(free):
+            raise ValueError("the mechanism has no free parameters")
+        w, b = log_weights.exp().unsqueeze(-2), boosts.unsqueeze(-3)
+        c = affine_rewards(r, w, b, without)  # [P, n + 1, S, A] or [P, S, A]
+        with torch.no_grad():
+            nu = self.occupancy_fn(mdp, c.detach())
+        asw = (c * nu).sum((-2, -1))  # envelope theorem: no gradient through nu
+        if self.entropy_weight:
+            asw = asw - self.entropy_weight * torch.special.xlogy(nu, nu).sum((-2, -1))
+        full = nu[:, 0] if without else nu
+        perturbations = _Perturbations(self, mdp, r, log_weights.detach(), boosts.detach(), free)
+        occupancy = PolicyOccupancy(mdp.shape, nu=_SmoothedResponse.apply(log_weights, boosts, full, perturbations))
+        if not without:
+            return FollowerSolution(occupancy, asw, None, w, r)
+        return FollowerSolution(occupancy, asw[:, 0], asw[:, 1:], w, r)
 
-    g, _ = gaussian_smoothing_gradient(
-        f, sum(sizes), num_perturbations, sigma, generator, f0=base, antithetic=antithetic, dtype=r.dtype
-    )
-    for k, part in enumerate(g.split(sizes)):
-        grads[k] = grads[k] + part.reshape(params[k].shape).to(grads[k])
-    return float(direct.detach() + base), grads
+
+class ZerothOrderEstimator(GradientEstimator):
+    """The objective with :class:`ZerothOrderFollower`: the bilevel zeroth-order gradient of Sow et al."""
+
+    config: ZerothOrderConfig
+
+    def objective(self, ama: AMA, types: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
+        cfg = self.config
+        follower = ZerothOrderFollower(cfg.num_perturbations, cfg.sigma, generator, cfg.antithetic)
+        ama.check_parameters()
+        return leader_objective(ama.setting, ama.log_weights, ama.boosts, types, follower)
 
 
-@dataclass
 class ZerothOrder(GradientMethod):
-    """Gradient descent with zeroth-order bilevel gradient estimates (paper, section 4).
-
-    Attributes (besides those of :class:`GradientMethod`):
-        num_perturbations: Gaussian perturbations per estimate (paper: 20).
-        sigma: Their standard deviation (paper: 0.05).
-        antithetic: Use two-sided (antithetic) perturbations.
-    """
+    """Gradient steps with zeroth-order bilevel estimates (paper, section 4); see :class:`ZerothOrderConfig`."""
 
     name = "zeroth_order"
-    num_perturbations: int = 20
-    sigma: float = 0.05
-    antithetic: bool = False
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_int("num_perturbations", self.num_perturbations)
-        self.sigma = check_float("sigma", self.sigma)
-        if not isinstance(self.antithetic, bool):
-            raise ValueError(f"antithetic must be true or false, got {self.antithetic!r}")
-
-    def hparams(self) -> dict[str, Any]:
-        out = super().hparams()
-        out.update(num_perturbations=self.num_perturbations, sigma=self.sigma, antithetic=self.antithetic)
-        return out
-
-    def gradient(self, ama: AMA, types: torch.Tensor, generator: torch.Generator) -> float:
-        loss, grads = bilevel_gradient(
-            ama, types, self.num_perturbations, self.sigma, generator, antithetic=self.antithetic
-        )
-        for p, g in zip(free_parameters(ama), grads):
-            p.grad = g.detach().clone()
-        return loss if not ama.setting.maximize else -loss
+    Config = ZerothOrderConfig
+    Estimator = ZerothOrderEstimator

@@ -1,0 +1,435 @@
+"""Typed configuration: one dataclass per concern, the single source of every default.
+
+The Hydra apps (``scripts/train.py``, ``scripts/evaluate.py``) compose these dataclasses from Hydra's
+ConfigStore (:func:`register_configs`), so Hydra checks every value's type and every key before
+work starts; the Python API (:func:`dmd_torch.methods.make_method`) builds the same dataclasses, so
+both get the same defaults. A dataclass checks value ranges in ``__post_init__`` (one-line
+``ValueError``), and holds no run state: the methods keep theirs.
+
+* :class:`OptimizerConfig`, :class:`SchedulerConfig`: a ``torch.optim`` optimizer and an optional
+  ``lr_scheduler`` by class name.
+* :class:`MultiStartConfig`: the starting points of the gradient methods (Algorithm 1).
+* :class:`GridConfig`, :class:`RegLPConfig`, :class:`ZerothOrderConfig`: the outer methods (group ``method``).
+* :class:`TrainConfig`, :class:`EvaluateConfig`: the two apps (the env group holds each setting's
+  ``_target_`` and constructor arguments, :func:`setting_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from torch import nn
+
+from dmd_torch.checks import check_bool, check_choice, check_float, check_int
+
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULERS",
+    "INITS",
+    "OptimizerConfig",
+    "SchedulerConfig",
+    "MultiStartConfig",
+    "MethodConfig",
+    "GridConfig",
+    "GradientConfig",
+    "RegLPConfig",
+    "ZerothOrderConfig",
+    "METHOD_CONFIGS",
+    "EvalConfig",
+    "TrainConfig",
+    "EvaluateConfig",
+    "setting_config",
+    "register_configs",
+    "config_error",
+    "to_config",
+]
+
+#: Optimizers by ``torch.optim`` class name; LBFGS (which needs a closure), SparseAdam (sparse
+#: gradients) and Muon (matrices only; the log-weights are a vector) do not fit the gradient methods.
+OPTIMIZERS: tuple[str, ...] = tuple(
+    sorted(
+        name
+        for name, obj in vars(torch.optim).items()
+        if isinstance(obj, type) and issubclass(obj, torch.optim.Optimizer)
+        and name not in ("Optimizer", "LBFGS", "SparseAdam", "Muon")
+    )
+)
+#: Learning-rate schedules by ``torch.optim.lr_scheduler`` class name (those stepped once per step
+#: without arguments; ReduceLROnPlateau and the composite schedules are not).
+SCHEDULERS: tuple[str, ...] = tuple(
+    sorted(
+        name
+        for name, obj in vars(torch.optim.lr_scheduler).items()
+        if isinstance(obj, type) and issubclass(obj, torch.optim.lr_scheduler.LRScheduler)
+        and name not in ("LRScheduler", "_LRScheduler", "ReduceLROnPlateau", "ChainedScheduler", "SequentialLR")
+    )
+)
+#: Initial mechanisms of the gradient methods: ``uniform`` is the paper's ``w = 1, b ~ U[0, 1]``.
+INITS: tuple[str, ...] = ("uniform", "vcg")
+_LENGTH_ARGS = ("T_max", "total_iters", "total_steps")  # schedule lengths that default to the steps
+
+
+@dataclass
+class OptimizerConfig:
+    """A ``torch.optim`` optimizer by class name.
+
+    Attributes:
+        name: One of :data:`OPTIMIZERS` (``SGD``, ``Adam``, ...).
+        lr: Step size ``> 0``.
+        kwargs: Further constructor arguments (e.g. ``momentum``, ``betas``).
+    """
+
+    name: str = "SGD"
+    lr: float = 0.01
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        check_choice("optimizer", self.name, OPTIMIZERS)
+        self.lr = check_float("optimizer lr (step size)", self.lr)
+        self.kwargs = dict(self.kwargs or {})
+        self.build([nn.Parameter(torch.zeros(1))])  # bad arguments fail now, not after the first step
+
+    def build(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """The optimizer over ``params``."""
+        try:
+            return getattr(torch.optim, self.name)(params, lr=self.lr, **self.kwargs)
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"bad arguments for optimizer {self.name} {self.kwargs}: {err}") from None
+
+
+@dataclass
+class SchedulerConfig:
+    """An optional ``torch.optim.lr_scheduler`` schedule by class name, stepped once per gradient step.
+
+    A schedule-length argument the class takes (``T_max``, ``total_iters``, ``total_steps``) and
+    ``kwargs`` does not set defaults to the number of steps per start.
+
+    Attributes:
+        name: One of :data:`SCHEDULERS` (``CosineAnnealingLR``, ``StepLR``, ...), or ``None`` for a
+            constant step size.
+        kwargs: Constructor arguments (e.g. ``step_size``, ``gamma``, ``eta_min``).
+    """
+
+    name: Optional[str] = None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.kwargs = dict(self.kwargs or {})
+        if self.name is not None:
+            check_choice("lr scheduler", self.name, SCHEDULERS)
+            self.build(torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0), steps=10)
+
+    def build(self, optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:
+        """The schedule attached to ``optimizer`` for a run of ``steps`` steps (``None``: constant)."""
+        if self.name is None:
+            return None
+        cls = getattr(torch.optim.lr_scheduler, self.name)
+        params = inspect.signature(cls).parameters
+        kwargs = {k: max(1, steps) for k in _LENGTH_ARGS if k in params and k not in self.kwargs}
+        kwargs.update(self.kwargs)
+        try:
+            return cls(optimizer, **kwargs)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"bad arguments for lr scheduler {self.name} {self.kwargs}: {err}") from None
+
+
+@dataclass
+class MultiStartConfig:
+    """Where the gradient methods start (the paper's Algorithm 1, lines 1-2).
+
+    Attributes:
+        starts: Number of starting points ``m >= 1``; the best by exact held-out score wins.
+        grid_points: Sobol candidates to pick them from; ``0``: ``starts`` random initial mechanisms.
+        grid_profiles: Common profiles scoring each grid candidate (paper: 2,000).
+    """
+
+    starts: int = 1
+    grid_points: int = 0
+    grid_profiles: int = 2_000
+
+    def __post_init__(self) -> None:
+        check_int("multistart starts", self.starts)
+        check_int("multistart grid_points", self.grid_points, minimum=0)
+        check_int("multistart grid_profiles", self.grid_profiles)
+        if self.grid_points and self.starts > self.grid_points:
+            raise ValueError(f"multistart starts must be <= grid_points = {self.grid_points}, got {self.starts}")
+
+
+@dataclass
+class MethodConfig:
+    """What every method's configuration has.
+
+    Attributes:
+        name: The method (``grid``, ``zeroth_order``, ``reg_lp``).
+        variant: The run's label (default: the name): it names a configuration of a method, e.g.
+            ``reg_lp_tuned``, and gives its runs their own sweep directory and report column.
+    """
+
+    name: str = MISSING
+    variant: str = "${.name}"
+
+    def __post_init__(self) -> None:
+        if self.variant == "${.name}":  # the default, as built in Python (OmegaConf resolves it itself)
+            self.variant = self.name
+        label = self.variant
+        ok = isinstance(label, str) and bool(label) and all(ch.isalnum() or ch in "_-." for ch in label)
+        if not ok:
+            raise ValueError(f"method variant must be a non-empty name of letters, digits, '_', '-' or '.', got {self.variant!r}")
+
+
+@dataclass
+class GridConfig(MethodConfig):
+    """Sobol grid search, each candidate scored exactly on common profiles (paper, section 5).
+
+    Attributes:
+        num_points: Sobol candidates (paper: 10,000).
+        profiles: Common training profiles per candidate (paper: 2,000).
+        top_k: How many best candidates the result lists (the best is the mechanism).
+        max_batch_elements: Bound on ``candidates x profiles x problems x S x A`` per batched solve.
+    """
+
+    name: str = "grid"
+    num_points: int = 10_000
+    profiles: int = 2_000
+    top_k: int = 1
+    max_batch_elements: int = 500_000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("grid num_points", self.num_points)
+        check_int("grid profiles", self.profiles)
+        check_int("grid top_k", self.top_k)
+        check_int("grid max_batch_elements", self.max_batch_elements)
+        if self.top_k > self.num_points:
+            raise ValueError(f"grid top_k must be <= num_points = {self.num_points}, got {self.top_k}")
+
+
+@dataclass
+class GradientConfig(MethodConfig):
+    """What the two gradient methods share (Algorithm 1).
+
+    Attributes:
+        steps: Gradient steps per start.
+        profiles_per_step: Type profiles per stochastic gradient (paper: 20).
+        eval_every: Exact held-out evaluation every this many steps (and at the start and end).
+        init: Initial mechanism without a grid: ``uniform`` (``w = 1``, ``b ~ U[0, 1]``) or ``vcg``.
+        optimizer: The optimizer.
+        scheduler: The learning-rate schedule.
+        multistart: The starting points.
+    """
+
+    steps: int = 1000
+    profiles_per_step: int = 20
+    eval_every: int = 50
+    init: str = "uniform"
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    multistart: MultiStartConfig = field(default_factory=MultiStartConfig)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("steps", self.steps, minimum=0)
+        check_int("profiles_per_step", self.profiles_per_step)
+        check_int("eval_every", self.eval_every)
+        check_choice("init", self.init, INITS)
+
+
+@dataclass
+class RegLPConfig(GradientConfig):
+    """Gradients through the entropy-regularized follower (paper, section 4, "Regularized linear program").
+
+    The paper's section-5 values: alpha 0.01, 20 profiles per step, step size 0.01. The paper names
+    no optimizer, schedule or number of steps; Adam with cosine decay and 3 random starts are this
+    library's.
+
+    Attributes:
+        alpha: Entropy weight of the follower's problem (paper: 0.01).
+        alpha_final: Entropy weight of each start's last step, reached geometrically from ``alpha``;
+            ``None``: ``alpha`` throughout.
+        backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers`` (:mod:`dmd_torch.regularized`).
+        solver_options: The backend's options (e.g. ``{tol: 1e-10}`` for ``newton``).
+    """
+
+    name: str = "reg_lp"
+    alpha: float = 0.01
+    alpha_final: Optional[float] = None
+    backend: str = "auto"
+    solver_options: dict[str, Any] = field(default_factory=dict)
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("Adam", 0.01))
+    scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig("CosineAnnealingLR"))
+    multistart: MultiStartConfig = field(default_factory=lambda: MultiStartConfig(starts=3))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.alpha = check_float("alpha", self.alpha)
+        if self.alpha_final is not None:
+            self.alpha_final = check_float("alpha_final", self.alpha_final)
+        check_choice("backend", self.backend, ("auto", "tree", "newton", "cvxpylayers"))
+        self.solver_options = dict(self.solver_options or {})
+
+
+@dataclass
+class ZerothOrderConfig(GradientConfig):
+    """Zeroth-order bilevel gradients (paper, section 4, after Sow, Ji & Liang 2022).
+
+    The paper's section-5 values: 20 Gaussian perturbations of std 0.05, 20 profiles per step,
+    step size 0.1.
+
+    Attributes:
+        num_perturbations: Gaussian perturbations per gradient estimate (paper: 20).
+        sigma: Their standard deviation (paper: 0.05).
+        antithetic: Two-sided perturbations (not in the paper).
+    """
+
+    name: str = "zeroth_order"
+    num_perturbations: int = 20
+    sigma: float = 0.05
+    antithetic: bool = False
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("SGD", 0.1))
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("num_perturbations", self.num_perturbations)
+        self.sigma = check_float("sigma", self.sigma)
+        check_bool("antithetic", self.antithetic)
+
+
+#: The method configurations by name.
+METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"grid": GridConfig, "reg_lp": RegLPConfig, "zeroth_order": ZerothOrderConfig}
+
+
+@dataclass
+class EvalConfig:
+    """The final evaluation of a training run (paper, section 5).
+
+    Attributes:
+        profiles: Fresh type profiles, exact inner solve (``>= 2``).
+        seed: Their seed (VCG and the known optimum are evaluated on the same profiles).
+    """
+
+    profiles: int = 10_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("eval.profiles", self.profiles, minimum=2)
+        check_int("eval.seed", self.seed, minimum=0)
+
+
+@dataclass
+class TrainConfig:
+    """A training run (``scripts/train.py``).
+
+    Attributes:
+        env: The setting: ``_target_`` (a :class:`~dmd_torch.envs.Setting` subclass) and its arguments.
+        method: The outer method.
+        seed: Seeds training profiles, perturbations, Sobol scrambling and initial boosts.
+        device: ``cpu``, ``cuda`` or ``cuda:N``.
+        threads: Torch CPU threads (the tensors are small: 1 is fastest); ``None``: torch's default.
+        tune_allocator: Keep freed memory in the process between batches (:mod:`dmd_torch.runtime`).
+        heldout_profiles: The fixed held-out sample, evaluated exactly every ``method.eval_every`` steps.
+        eval: The final evaluation.
+        tensorboard: Write TensorBoard event files into the run directory.
+        progress: Show a progress bar.
+        output_dir: The run directory (``None``: Hydra's).
+        force: Rerun even if the run directory holds a finished run of this configuration.
+    """
+
+    env: Any = MISSING
+    method: MethodConfig = MISSING
+    seed: int = 0
+    device: str = "cpu"
+    threads: Optional[int] = 1
+    tune_allocator: bool = True
+    heldout_profiles: int = 2_000
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    tensorboard: bool = True
+    progress: bool = True
+    output_dir: Optional[str] = None
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        check_int("seed", self.seed, minimum=0)
+        if self.threads is not None:
+            check_int("threads", self.threads)
+        check_int("heldout_profiles", self.heldout_profiles)
+
+
+@dataclass
+class EvaluateConfig:
+    """Evaluation of a saved mechanism (``scripts/evaluate.py``).
+
+    Attributes:
+        mechanism: ``mechanism.json``, ``mechanism.pt``, or a run directory holding one.
+        profiles: Fresh type profiles (paper protocol, ``>= 2``).
+        seed: Seed of the profile sampler.
+        audit_profiles: Profiles for the IC/IR audit (each agent tries ~12 misreports per profile).
+        out: Where to write the JSON (``None``: ``evaluation.json`` beside the mechanism).
+        tune_allocator: As in :class:`TrainConfig`.
+    """
+
+    mechanism: str = MISSING
+    profiles: int = 10_000
+    seed: int = 0
+    audit_profiles: int = 200
+    out: Optional[str] = None
+    tune_allocator: bool = True
+
+    def __post_init__(self) -> None:
+        check_int("profiles", self.profiles, minimum=2)
+        check_int("seed", self.seed, minimum=0)
+        check_int("audit_profiles", self.audit_profiles, minimum=2)
+
+
+def setting_config(cls: type) -> type:
+    """A dataclass of ``cls``'s constructor arguments, typed and defaulted from its signature, with
+    its ``_target_``: the env group's node for a registered setting (so Hydra checks their types)."""
+    hints = typing.get_type_hints(cls.__init__)
+    fields: list[tuple[str, Any, Any]] = [("_target_", str, field(default=f"{cls.__module__}.{cls.__qualname__}"))]
+    for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
+        default = MISSING if p.default is inspect.Parameter.empty else p.default
+        fields.append((p.name, hints.get(p.name, Any), field(default=default)))
+    return dataclasses.make_dataclass(f"{cls.__name__}Config", fields)
+
+
+def register_configs() -> None:
+    """Stores the schemas in Hydra's ConfigStore: ``train_config`` and ``evaluate_config`` (the apps), group
+    ``method`` (``grid``, ``reg_lp``, ``zeroth_order``) and group ``env`` (each registered setting)."""
+    from dmd_torch.envs import ENVS  # the settings build on this module's layer
+
+    cs = ConfigStore.instance()
+    cs.store(name="train_config", node=TrainConfig)
+    cs.store(name="evaluate_config", node=EvaluateConfig)
+    for name, cls in METHOD_CONFIGS.items():
+        cs.store(group="method", name=name, node=cls)
+    for name, setting in ENVS.items():
+        cs.store(group="env", name=name, node=setting_config(setting))
+
+
+def config_error(err: OmegaConfBaseException) -> ValueError:
+    """An OmegaConf validation error as a one-line ``ValueError`` naming the key (and, for an unknown
+    key, the keys allowed there)."""
+    first = str(err).splitlines()[0] if str(err) else type(err).__name__
+    key = getattr(err, "full_key", None)
+    owner = getattr(err, "object_type", None)
+    if isinstance(err, ConfigKeyError) and isinstance(owner, type) and dataclasses.is_dataclass(owner):
+        allowed = ", ".join(f.name for f in dataclasses.fields(owner))
+        return ValueError(f"unknown key {key!r} for {owner.__name__}; allowed: {allowed}")
+    return ValueError(f"{first} (key {key})" if key else first)
+
+
+def to_config(cls: type, overrides: Any = None) -> Any:
+    """An instance of the dataclass ``cls`` with ``overrides`` (a mapping or config) merged over its
+    defaults, type-checked by OmegaConf and range-checked by its ``__post_init__`` (one-line errors)."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cls), overrides or {})
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as err:
+        raise config_error(err) from None
