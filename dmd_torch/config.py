@@ -25,7 +25,7 @@ from typing import Any, Optional
 import torch
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
-from omegaconf.errors import ConfigKeyError, OmegaConfBaseException
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 from torch import nn
 
 from dmd_torch.checks import check_bool, check_choice, check_float, check_int
@@ -418,6 +418,8 @@ def config_error(err: OmegaConfBaseException) -> ValueError:
     key, the keys allowed there)."""
     first = str(err).splitlines()[0] if str(err) else type(err).__name__
     key = getattr(err, "full_key", None)
+    if isinstance(err, MissingMandatoryValue):
+        return ValueError(f"{key} is missing: give it, e.g. on the command line as {key}=...")
     owner = getattr(err, "object_type", None)
     if isinstance(err, ConfigKeyError) and isinstance(owner, type) and dataclasses.is_dataclass(owner):
         allowed = ", ".join(f.name for f in dataclasses.fields(owner))

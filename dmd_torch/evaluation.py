@@ -13,12 +13,14 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from dmd_torch.checks import check_int
+from dmd_torch.soundness import SOUND
 from dmd_torch.envs import Setting
 from dmd_torch.mechanism import AMA
 
@@ -31,6 +33,9 @@ __all__ = [
     "evaluate",
     "ic_audit",
 ]
+
+#: What evaluation says of a mechanism that is not numerically sound (followed by its tolerance).
+NOT_SOUND = "the mechanism's boosts or weights are so large that float64 keeps it strategyproof only up to"
 
 #: Bound on the elements of one batched exact solve's working arrays (:func:`profile_chunk`): batches
 #: of a few MB stay in cache and reuse their memory, which is up to 2x faster than large ones.
@@ -54,6 +59,10 @@ class EvaluationResult:
         known_optimum: Mean objective of the known optimal mechanism on the same profiles, or ``None``.
         known_optimum_stderr: Its standard error, or ``None``.
         optimality_ratio: ``mean / known_optimum``, or ``None``.
+        ic_tolerance: How far float64 rounding can bend the incentives, relative to the rewards
+            (:mod:`dmd_torch.soundness`).
+        numerically_sound: Whether that is within :data:`dmd_torch.soundness.SOUND`; where it is
+            not, the mechanism is strategyproof only up to ``ic_tolerance``.
     """
 
     objective: str
@@ -67,6 +76,8 @@ class EvaluationResult:
     known_optimum: float | None = None
     known_optimum_stderr: float | None = None
     optimality_ratio: float | None = None
+    ic_tolerance: float = 0.0
+    numerically_sound: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -127,6 +138,7 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None 
     """
     check_int("profiles", profiles, minimum=2)  # two for a standard error
     ama.check_parameters()
+    tolerance = ama.ic_tolerance()
     setting = ama.setting
     gen = torch.Generator().manual_seed(int(seed))
     types = setting.checked_sample(profiles, gen).to(ama.boosts.device)
@@ -135,7 +147,10 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None 
     vmean, vse = mean_stderr(objective_values(vcg, types, chunk))
     sign = setting.objective.sign
     improvement = None if abs(vmean) < 1e-12 else 100.0 * sign * (mean - vmean) / abs(vmean)
-    result = EvaluationResult(setting.objective.name, mean, se, vmean, vse, profiles, int(seed), improvement)
+    result = EvaluationResult(setting.objective.name, mean, se, vmean, vse, profiles, int(seed), improvement,
+                              ic_tolerance=tolerance, numerically_sound=tolerance <= SOUND)
+    if not result.numerically_sound:
+        warnings.warn(f"{NOT_SOUND} {tolerance:.1e} of the rewards (docs/numerical_soundness.md)", stacklevel=2)
     best = AMA.known_optimum(setting)
     if best is not None:
         kmean, kse = mean_stderr(objective_values(best.to(ama.boosts.device), types, chunk))
@@ -149,7 +164,9 @@ def _misreports(setting: Setting, types: torch.Tensor, i: int, prior_draws: int,
     B = types.shape[0]
     low, high = setting.type_bounds()
     cands = [
-        setting.checked_sample(B * prior_draws, gen)[:, i].reshape(B, prior_draws, -1).to(types),
+        setting.checked_sample(B * prior_draws, gen)[:, i].reshape(B, prior_draws, setting.type_dim).to(types),
+    ] if prior_draws else []
+    cands += [
         torch.zeros_like(types[:, i]).unsqueeze(1),
         low[i].to(types).expand(B, 1, -1),
         high[i].to(types).expand(B, 1, -1),
@@ -175,6 +192,9 @@ def ic_audit(ama: AMA, types: torch.Tensor, prior_draws: int = 8, seed: int = 0)
     """
     setting = ama.setting
     setting.check_types(types)
+    check_int("ic_audit prior_draws", prior_draws, minimum=0)
+    if types.shape[0] == 0:
+        raise ValueError("ic_audit needs at least one type profile, got 0")
     gen = torch.Generator().manual_seed(int(seed))
     truth = ama.outcome(types)
     r_true = setting.checked_rewards(types)

@@ -538,9 +538,9 @@ def solve_exact(
         )
     return ExactSolution(
         sol.value.reshape(lead),
-        sol.values.reshape(*lead, -1),
+        sol.values.reshape(*lead, mdp.num_states),
         None if sol.q is None else sol.q.reshape(*lead, *mdp.shape),
-        sol.policy.reshape(*lead, -1),
+        sol.policy.reshape(*lead, mdp.num_states),
         None if sol.occupancy is None else sol.occupancy.reshape(*lead, *mdp.shape),
     )
 

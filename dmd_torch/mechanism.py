@@ -24,6 +24,7 @@ from dmd_torch.checks import check_finite
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import EXACT, RegularizedFollower
 from dmd_torch.objective import leader_objective, payments
+from dmd_torch.soundness import check_sound
 
 __all__ = ["AMA", "Outcome"]
 
@@ -110,9 +111,16 @@ class AMA(nn.Module):
         return self.log_weights.exp()
 
     def check_parameters(self) -> None:
-        """Raises if a parameter holds NaN or inf (e.g. after a diverged optimizer step)."""
+        """Raises if a parameter holds NaN or inf (e.g. after a diverged optimizer step), or if the
+        parameters dwarf the rewards so far that float64 cannot keep the mechanism strategyproof
+        (:func:`dmd_torch.soundness.check_sound`)."""
         for name, p in (("log_weights", self.log_weights), ("boosts", self.boosts)):
             check_finite(f"mechanism parameter {name}", p)
+        check_sound(self.setting, self.weights, self.boosts)
+
+    def ic_tolerance(self) -> float:
+        """How far rounding can bend the incentives, relative to the rewards (:mod:`dmd_torch.soundness`)."""
+        return check_sound(self.setting, self.weights, self.boosts)
 
     def outcome(self, types: torch.Tensor) -> Outcome:
         """Exact outcome (policy, values, payments, revenue, welfare, objective) for reported types ``[B, n, K]``.

@@ -45,7 +45,7 @@ from matplotlib.patches import Patch
 
 from dmd_torch.reference import PaperRow, paper_tables
 from dmd_torch.results import RESULTS_FILE, RunResult, Training, read_result
-from dmd_torch.storage import atomic_write
+from dmd_torch.files import atomic_write
 
 __all__ = [
     "METHODS",
@@ -118,6 +118,11 @@ class TableSpec:
     def sign(self) -> float:
         """``+1`` if higher is better, ``-1`` if lower is."""
         return 1.0 if self.maximize else -1.0
+
+    @property
+    def better(self) -> str:
+        """``"higher"`` or ``"lower"``."""
+        return "higher" if self.sign > 0 else "lower"
 
     @property
     def name(self) -> str:
@@ -385,7 +390,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     Every figure cell reads ``ours ± standard error (paper)``; our best method of each row is in
     bold. Missing runs show "—"; an undefined relative improvement (VCG revenue 0) shows "N/A".
     """
-    better = "higher" if spec.maximize else "lower"
+    better = spec.better
     methods = table_methods(rows)
     head = ["n", "m", "VCG", *(_label(k) for k in methods), "best improvement"]
     if _has_optimum(rows):
@@ -400,7 +405,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---:" for _ in head) + "|",
     ]
-    inconsistent = False
+    inconsistent = unsound = False
     for row in rows:
         vcg = _ours(row.vcg_mean, row.vcg_stderr)
         if not row.vcg_consistent:
@@ -410,6 +415,9 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         for k in methods:
             rec = row.runs.get(k)
             ours = _ours(rec.evaluation.mean, rec.evaluation.stderr, bold=k == row.best_method) if rec else _MISSING
+            if rec and not rec.evaluation.numerically_sound:
+                ours += " ⚠"
+                unsound = True
             cells.append(f"{ours} ({_paper_text(row, k)})")
         if row.best_method is None:
             ours_imp = _MISSING
@@ -431,10 +439,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     budgets = sorted({_training(r).grid_candidates for r in records if _training(r).method == "grid"})
     total = sum(_training(r).runtime_seconds for r in records)
     paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in spec.paper_runtime_hours)
-    imp_sign = (
-        f"positive = more {spec.objective} than VCG" if spec.maximize
-        else f"negative = less {spec.objective} than VCG, i.e. better, as the paper prints it"
-    )
+    imp_sign = f"positive = a higher {spec.objective} than VCG, negative = a lower one, as the paper prints it"
     variants = [k for k in methods if k not in METHODS]
     notes = [
         "",
@@ -460,6 +465,9 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
         )
     if inconsistent:
         notes.append("* \\*: the runs of this cell evaluated VCG on different profiles; shown: the first method's.")
+    if unsound:
+        notes.append("* ⚠: the mechanism's boosts or weights dwarf the rewards; float64 keeps it strategyproof only up "
+                     "to its `ic_tolerance` in results.json (docs/numerical_soundness.md).")
     notes += _check_notes(spec, rows)
     if spec.number is not None:
         notes.append(
@@ -597,7 +605,7 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
             ax.plot([i - 0.45, i + 0.45], [ref, ref], color="tab:red", ls=":", lw=1.5)
     ax.set_xticks(range(len(rows)), [f"n={r.n}\nm={r.m}" for r in rows])
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    better = "higher" if spec.maximize else "lower"
+    better = spec.better
     ax.set_ylabel(f"{spec.objective} ({better} is better)")
     ax.set_title(spec.heading, fontsize=10)
     ax.grid(axis="y", alpha=0.3)

@@ -21,7 +21,7 @@ from typing import Any
 
 from dmd_torch.envs.base import Setting
 from dmd_torch.evaluation import AuditResult, EvaluationResult
-from dmd_torch.storage import write_json
+from dmd_torch.files import write_json
 
 __all__ = ["Training", "RunResult", "run_fingerprint", "read_result", "write_result", "is_complete", "RESULTS_FILE"]
 

@@ -1,4 +1,4 @@
-"""Saving and loading mechanisms; atomic (write-then-rename) file output.
+"""Saving and loading mechanisms (written whole: :mod:`dmd_torch.files`).
 
 ``mechanism.json`` is human-readable: ``env`` (the setting's config block: ``_target_`` and its
 constructor arguments, :meth:`~dmd_torch.envs.Setting.config`), ``weights``, ``boosts[S][A]``,
@@ -9,53 +9,18 @@ correctly. ``mechanism.pt`` is the module's ``state_dict`` (its extra state name
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from dmd_torch.envs import Setting, setting_from_config
+from dmd_torch.files import atomic_write, write_json
 from dmd_torch.mechanism import AMA
 
-__all__ = ["atomic_write", "write_json", "save_mechanism", "load_mechanism", "mechanism_to_dict", "mechanism_from_dict"]
-
-
-@contextlib.contextmanager
-def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
-    """Yields a temporary path beside ``path``; on success renames it onto ``path``, else deletes it.
-
-    The file gets the permissions of a plainly created one (``0o666`` less the umask), not the
-    private ``0o600`` of a temporary file, so that others sharing the results can read them.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~_umask())
-        os.replace(tmp_path, path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    with atomic_write(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+__all__ = ["save_mechanism", "load_mechanism", "mechanism_to_dict", "mechanism_from_dict"]
 
 
 def _label_key(label: Any) -> Any:
@@ -95,6 +60,9 @@ def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) ->
         ValueError: On missing keys, non-positive or non-finite weights, or boosts whose shape or
             labels do not match the setting's MDP.
     """
+    if not isinstance(data, dict):
+        raise ValueError(f"a mechanism file must hold a JSON object with env, weights, boosts, states and actions, "
+                         f"got {type(data).__name__}")
     missing = [k for k in ("env", "weights", "boosts", "states", "actions") if k not in data]
     if missing:
         raise ValueError(f"mechanism file lacks {', '.join(missing)}")
@@ -109,6 +77,8 @@ def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) ->
         raise ValueError(f"mechanism weights must be > 0, got {w.tolist()}")
     b = _check_numbers("boosts", data["boosts"])
     states, actions = data["states"], data["actions"]
+    if not isinstance(states, list) or not isinstance(actions, list):
+        raise ValueError("mechanism states and actions must be lists of labels")
     if b.shape != (len(states), len(actions)) or b.shape != (S, A):
         raise ValueError(
             f"mechanism boosts must be [states][actions] = [{S}][{A}] for this setting, got {list(b.shape)} "
@@ -121,9 +91,9 @@ def mechanism_from_dict(data: dict[str, Any], setting: Setting | None = None) ->
         unknown = [x for x, k in zip(labels, keys) if k not in index]
         if unknown:
             raise ValueError(f"mechanism file has unknown {kind} label(s) {unknown[:5]} for {setting.name}")
-        if len(set(keys)) != len(index):
-            absent = [x for x, k in index.items() if k not in set(keys)]
-            raise ValueError(f"mechanism file is missing {kind} label(s) {absent[:5]} (or repeats some)")
+        repeated = [x for j, (x, k) in enumerate(zip(labels, keys)) if k in keys[:j]]
+        if repeated:
+            raise ValueError(f"mechanism file repeats {kind} label(s) {repeated[:5]}; each must appear once")
     rows = torch.tensor([s_index[_label_key(x)] for x in states])
     cols = torch.tensor([a_index[_label_key(x)] for x in actions])
     boosts = torch.empty(S, A, dtype=torch.float64)
@@ -145,6 +115,29 @@ def save_mechanism(ama: AMA, directory: str | os.PathLike) -> tuple[Path, Path]:
     return json_path, pt_path
 
 
+def _from_state_dict(path: Path, state: Any, setting: Setting | None) -> AMA:
+    """The AMA of a loaded ``mechanism.pt``; one-line errors where it is not one."""
+    keys = ("log_weights", "boosts", "_extra_state")
+    if not isinstance(state, dict) or not all(k in state for k in keys):
+        raise ValueError(f"{path} is not a mechanism state dict: it must map {', '.join(keys)}, "
+                         f"got a {type(state).__name__}")
+    extra = state["_extra_state"]
+    if setting is None:
+        if not isinstance(extra, dict) or "env" not in extra:
+            raise ValueError(f"{path} does not name its setting; pass setting=")
+        setting = setting_from_config(extra["env"])
+    ama = AMA(setting)
+    for name in ("log_weights", "boosts"):
+        value, want = state[name], getattr(ama, name)
+        if not isinstance(value, torch.Tensor) or value.shape != want.shape:
+            shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+            raise ValueError(f"{path}: {name} must be a tensor of shape {tuple(want.shape)}, got {shape}")
+        if not value.is_floating_point() or not torch.isfinite(value).all():
+            raise ValueError(f"{path} holds NaN, inf or non-numeric {name}")
+    ama.load_state_dict(state)
+    return ama
+
+
 def load_mechanism(path: str | os.PathLike, setting: Setting | None = None) -> AMA:
     """Loads a mechanism from ``mechanism.json`` or ``mechanism.pt`` (or a directory holding one).
 
@@ -160,20 +153,14 @@ def load_mechanism(path: str | os.PathLike, setting: Setting | None = None) -> A
     if path.suffix == ".json":
         try:
             data = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
+        except ValueError as err:  # not JSON, or not text
             raise ValueError(f"{path} is not valid JSON: {err}") from None
         return mechanism_from_dict(data, setting)
     if path.suffix == ".pt":
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        extra = state.get("_extra_state")
-        if setting is None:
-            if not extra or "env" not in extra:
-                raise ValueError(f"{path} does not name its setting; pass setting=")
-            setting = setting_from_config(extra["env"])
-        ama = AMA(setting)
-        lw = state.get("log_weights")
-        if lw is None or not torch.isfinite(lw).all() or not torch.isfinite(state.get("boosts", lw)).all():
-            raise ValueError(f"{path} holds missing, NaN or inf parameters")
-        ama.load_state_dict(state)
-        return ama
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated, foreign, or a pickle with code in it (never executed)
+            why = str(err).strip().splitlines()[0][:120] if str(err).strip() else type(err).__name__
+            raise ValueError(f"{path} is not a mechanism state dict saved by save_mechanism ({why})") from None
+        return _from_state_dict(path, state, setting)
     raise ValueError(f"unknown mechanism file type {path.suffix!r}; allowed: .json, .pt")

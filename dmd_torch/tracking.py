@@ -23,7 +23,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from dmd_torch.envs.base import Setting  # noqa: E402
 from dmd_torch.evaluation import EvaluationResult  # noqa: E402
 from dmd_torch.methods.base import StepEvent  # noqa: E402
-from dmd_torch.storage import atomic_write  # noqa: E402
+from dmd_torch.files import atomic_write  # noqa: E402
 
 __all__ = ["RunLogger", "plot_training_curve", "format4"]
 

@@ -7,6 +7,7 @@ from omegaconf import DictConfig
 
 from dmd_torch.app import run
 from dmd_torch.config import register_configs
+from dmd_torch.regularized import RegularizedSolveError
 
 register_configs()
 
@@ -15,7 +16,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     try:
         run(cfg)
-    except ValueError as err:  # bad input: one line, no traceback
+    except (ValueError, FloatingPointError, RegularizedSolveError) as err:  # one line, no traceback
         raise SystemExit(f"error: {err}") from None
     except KeyboardInterrupt:  # the run has said what it left behind
         raise SystemExit(130) from None

@@ -47,7 +47,8 @@ def _restore_threads():
 
 
 def test_config_groups_are_complete():
-    assert ENV_OPTIONS == ["gridworld", "scheduling", "scheduling_asym", "seq_sales", "seq_sales_asym"]
+    assert ENV_OPTIONS == ["gridworld", "matching", "matching_asym", "scheduling", "scheduling_asym", "seq_sales",
+                           "seq_sales_asym", "static_auction", "static_unit_demand"]
     assert METHOD_OPTIONS == ["grid", "reg_lp", "reg_lp_tuned", "zeroth_order"]
 
 
@@ -57,7 +58,8 @@ def test_every_config_composes_and_instantiates(env, method):
     cfg = _compose([f"env={env}", f"method={method}"])
     job = app.prepare(OmegaConf.merge(cfg, {"output_dir": "unused"}))
     assert job.method.name == method.removesuffix("_tuned") and job.method.config.variant == method
-    assert job.setting.report_key in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld"}
+    assert job.setting.report_key in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld",
+                                      "matching_uniform", "matching_asymmetric", "static_additive", "static_unit_demand"}
     assert job.setting.config() == setting_from_config(OmegaConf.to_container(cfg.env)).config()
 
 
@@ -221,10 +223,11 @@ def test_finished_run_is_skipped_unless_forced(tmp_path, capsys):
     again, _ = _run(tmp_path, overrides)
     assert again == json.loads(json.dumps(first)) and (out / "results.json").stat().st_mtime_ns == stamp
     assert "skipping" in capsys.readouterr().out
-    _run(tmp_path, [*overrides, "method.steps=2"])  # another configuration: runs again
+    with pytest.raises(ValueError, match=r"holds a finished run with another configuration \(differs in method.steps\)"):
+        _run(tmp_path, [*overrides, "method.steps=2"])  # another configuration: refused, the run is kept
+    assert (out / "results.json").stat().st_mtime_ns == stamp
+    _run(tmp_path, [*overrides, "method.steps=2", "force=true"])
     assert read_result(out).training.steps == 2
-    _run(tmp_path, [*overrides, "force=true"])
-    assert read_result(out).training.steps == 4
     assert len(list(out.glob("events.out.tfevents.*"))) == 2  # this run's (scalars + hparams) only
 
 

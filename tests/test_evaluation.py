@@ -122,3 +122,27 @@ def test_profile_chunk_and_bad_chunk():
     torch.testing.assert_close(objective_values(ama, types, chunk=2), objective_values(ama, types))
     with pytest.raises(ValueError, match="chunk must be an integer >= 1"):
         objective_values(ama, types, chunk=0)
+
+
+def test_soundness_of_large_boosts_is_flagged_then_refused():
+    """Boosts that dwarf the rewards: 1e3 sound, 1e6 flagged (warning, recorded), 1e12 refused."""
+    from dmd_torch.soundness import REFUSE, SOUND, ic_tolerance
+
+    env = make_env("seq_sales", n_agents=3, size=2)
+
+    def ama(b):
+        boosts = torch.zeros(env.mdp.shape, dtype=torch.float64)
+        boosts[0, 0] = b
+        return AMA(env, boosts=boosts)
+
+    assert ama(1e3).ic_tolerance() <= SOUND < ama(1e6).ic_tolerance() <= REFUSE
+    assert evaluate(ama(1e3), profiles=100).numerically_sound
+    with pytest.warns(UserWarning, match="strategyproof only up to 2.0e-06"):
+        flagged = evaluate(ama(1e6), profiles=100)
+    assert not flagged.numerically_sound and flagged.ic_tolerance == pytest.approx(2.03e-6, rel=0.01)
+    assert ic_tolerance(env, torch.ones(3, dtype=torch.float64), ama(1e12).boosts) > REFUSE
+    with pytest.raises(ValueError, match="not strategyproof in floating point"):
+        ama(1e12).outcome(env.sample_types(3))
+    # the tolerance is an upper bound: the audit's gain from lying at 1e6 stays below it
+    audit = ic_audit(ama(1e6), env.sample_types(40, torch.Generator().manual_seed(0)))
+    assert audit.max_ic_gain <= flagged.ic_tolerance

@@ -33,8 +33,9 @@ def test_tuned_allocator_reuses_freed_memory(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     assert runtime.tune_allocator() is True
     # 40 MB freed at the top of the heap stays there: touching it again faults (almost) nothing,
-    # where trimming would fault in all 10,000 of its pages every round
-    assert _faults_per_round() < 500
+    # where trimming would fault in all 10,000 of its pages every round (the least of three
+    # measurements: another process's memory pressure can add faults to one of them)
+    assert min(_faults_per_round() for _ in range(3)) < 500
 
 
 @glibc

@@ -66,7 +66,7 @@ def test_permuted_labels_load_correctly(tmp_path, gen):
         (lambda d: d.update(weights=[1.0, float("nan")]), "NaN or inf"),
         (lambda d: d.update(boosts=d["boosts"][:-1], states=d["states"][:-1]), r"boosts must be \[states\]\[actions\] = \[4\]\[3\]"),
         (lambda d: d["states"].__setitem__(0, [7, 7]), r"unknown state label"),
-        (lambda d: d["states"].__setitem__(0, [1]), r"missing state label"),
+        (lambda d: d["states"].__setitem__(0, [1]), r"repeats state label\(s\) \[\[1\]\]"),
         (lambda d: d["actions"].__setitem__(0, "up"), r"unknown action label"),
         (lambda d: d.pop("boosts"), "lacks boosts"),
         (lambda d: d["env"].update(distribution="normal"), "allowed: symmetric, asymmetric"),
@@ -86,20 +86,3 @@ def test_state_dict_for_other_setting_is_rejected(tmp_path):
     sd = torch.load(tmp_path / "mechanism.pt", weights_only=True)
     with pytest.raises(ValueError, match="state_dict is for setting"):
         AMA(make_env("seq_sales", n_agents=2, size=2, distribution="asymmetric")).load_state_dict(sd)
-
-
-def test_atomic_write_gives_plain_file_permissions(tmp_path):
-    """Files written whole get 0o666 less the umask (readable by others), not mkstemp's 0o600."""
-    import os
-    import stat
-
-    from dmd_torch.storage import write_json
-
-    old = os.umask(0o022)
-    try:
-        write_json(tmp_path / "results.json", {"a": 1})
-    finally:
-        os.umask(old)
-    assert stat.S_IMODE((tmp_path / "results.json").stat().st_mode) == 0o644
-    assert json.loads((tmp_path / "results.json").read_text()) == {"a": 1}
-    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]  # no temporary file left

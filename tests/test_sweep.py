@@ -168,3 +168,21 @@ def test_rerun_skips_complete_jobs_and_force_reruns(joblib_sweep, tmp_path):
     for job in JOBS:
         rerun = forced[job][0] != after[job][0] and forced[job][2] != after[job][2]
         assert rerun == job.startswith("n3_m2/"), f"{job}: rerun={rerun} with force=true env.n_agents=3"
+
+
+def test_new_setting_experiments_compose():
+    """The matching and static studies compose, and every cell of the static study names a real setting."""
+    from dmd_torch.app import prepare
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=matching"], return_hydra_config=True)
+        params = cfg.hydra.sweeper.params
+        assert params["env"] == "matching,matching_asym" and params["env.n_agents"] == "2,3,4"
+        assert params["env.size"] == "2,3,4" and params["method"] == "grid,zeroth_order,reg_lp"
+        cells = compose(config_name="config", overrides=["+experiment=static"], return_hydra_config=True)
+        names = cells.hydra.sweeper.params["+static_cell"].split(",")
+        assert sorted(names) == sorted(p.stem for p in (CONF / "static_cell").glob("*.yaml"))
+        for name in names:
+            cfg = compose(config_name="config", overrides=["+experiment=static", f"+static_cell={name}", "output_dir=x"])
+            job = prepare(cfg)
+            assert job.setting.report_key.startswith("static_") and f"n{job.setting.n_agents}_m{job.setting.size}" in name

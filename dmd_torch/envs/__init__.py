@@ -1,4 +1,5 @@
-"""The settings: the paper's three (:func:`make_env`) and any :class:`Setting` subclass by import path.
+"""The settings: the paper's three, dynamic matching and static auctions (:func:`make_env`), and any
+:class:`Setting` subclass by import path.
 
 A setting is described by a config block ``{"_target_": "<module>.<Class>", **constructor arguments}``
 (:meth:`Setting.config`, Hydra's ``_target_`` convention); :func:`setting_from_config` builds one from
@@ -14,22 +15,28 @@ from hydra.utils import get_class
 
 from dmd_torch.envs.base import Setting
 from dmd_torch.envs.gridworld import Gridworld
+from dmd_torch.envs.matching import DynamicMatching
 from dmd_torch.envs.sales import SequentialSales
 from dmd_torch.envs.scheduling import TaskScheduling
+from dmd_torch.envs.static import StaticAuction
 
-__all__ = ["Setting", "SequentialSales", "TaskScheduling", "Gridworld", "ENVS", "make_env", "setting_from_config"]
+__all__ = ["Setting", "SequentialSales", "TaskScheduling", "Gridworld", "DynamicMatching", "StaticAuction", "ENVS",
+           "make_env", "setting_from_config"]
 
 #: The registered settings by name.
-ENVS: dict[str, type[Setting]] = {cls.name: cls for cls in (SequentialSales, TaskScheduling, Gridworld)}
+ENVS: dict[str, type[Setting]] = {
+    cls.name: cls for cls in (SequentialSales, TaskScheduling, Gridworld, DynamicMatching, StaticAuction)
+}
 
 
 def make_env(name: str, **options: Any) -> Setting:
     """Builds a registered setting by name: ``make_env("seq_sales", n_agents=3, size=2)``.
 
     Args:
-        name: ``seq_sales``, ``scheduling`` or ``gridworld``.
+        name: ``seq_sales``, ``scheduling``, ``gridworld``, ``matching`` or ``static_auction``.
         **options: The setting's constructor arguments (``n_agents``, ``size``, ``distribution``, and
-            ``clamped`` for scheduling, ``gamma`` for the gridworld); missing ones take its defaults.
+            ``clamped`` for scheduling, ``gamma`` for the gridworld and matching, ``valuation`` for
+            static auctions); missing ones take its defaults.
 
     Raises:
         ValueError: On an unknown name or option, or a bad value (one line).

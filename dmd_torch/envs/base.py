@@ -11,14 +11,15 @@ needs to know about a setting is a method or attribute here, so a subclass chang
 its objective and direction, its type priors (:attr:`Setting.distributions`), its options (the
 constructor's arguments, :meth:`Setting.config`), the parameters the leader optimizes, the grid
 search's box (:meth:`Setting.search_box`), the known optimal mechanism (:meth:`Setting.known_optimum`)
-and the key its results are reported under (:attr:`Setting.report_key`).
+the key its results are reported under (:attr:`Setting.report_key`) and how a mechanism is
+described in its terms (:meth:`Setting.describe`).
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -26,6 +27,9 @@ from dmd_torch.checks import check_int
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.objective import REVENUE, LeaderObjective
+
+if TYPE_CHECKING:
+    from dmd_torch.description import Description
 
 __all__ = ["Setting", "history_tree_mdp", "uniform"]
 
@@ -102,6 +106,20 @@ class Setting(ABC):
         """Weights ``[n]`` and boosts ``[S, A]`` of an AMA known to be optimal here, or ``None`` (default)."""
         return None
 
+    def reward_scale(self) -> torch.Tensor:
+        """The largest ``|r_i|`` each agent can have, ``[n]`` (for :mod:`dmd_torch.soundness`).
+
+        By default the largest over the rewards of two profiles: every agent at the lower end of its
+        type support, then at the upper end (exact where rewards are monotone in the types, as in
+        the settings shipped). Computed once.
+        """
+        if getattr(self, "_reward_scale", None) is None:
+            low, high = self.type_bounds()
+            types = torch.stack([low, high]).to(self.mdp.dtype)
+            r = self.checked_rewards(types.to(self.mdp.device))
+            self._reward_scale = r.detach().abs().flatten(2).amax(-1).amax(0).cpu()
+        return self._reward_scale
+
     def search_box(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds ``[S, A]`` of the boosts that grid search samples (default ``[-B, B]``)."""
         high = torch.full(self.mdp.shape, float(self.boost_range), dtype=self.mdp.dtype, device=self.mdp.device)
@@ -111,6 +129,26 @@ class Setting(ABC):
     def report_key(self) -> str:
         """The key the results and the report file this setting's runs under (default :attr:`name`)."""
         return self.name
+
+    def describe(self, ama: Any) -> Description:
+        """The AMA ``ama`` in this setting's terms (``mechanism.md``, :mod:`dmd_torch.description`).
+
+        By default its weights, its largest boosts by state and action label, and a heatmap of the
+        boosts; the settings shipped say what the boosts do in their own terms.
+        """
+        from dmd_torch.description import Description, boost_heatmap, markdown_table
+
+        b = ama.boosts.detach().cpu()
+        order = b.flatten().abs().argsort(descending=True)[:10].tolist()
+        A = self.mdp.num_actions
+        rows = [(self.mdp.state_labels[k // A], self.mdp.action_labels[k % A], float(b.flatten()[k])) for k in order]
+        weights = ", ".join(f"{w:.4f}" for w in ama.weights.detach().cpu().tolist())
+        return Description(
+            f"AMA on {self.report_key} (n={self.n_agents}, size={self.size})",
+            [f"Weights: {weights}. The largest boosts (the policy maximizes the weighted rewards plus the boosts):",
+             markdown_table(["state", "action", "boost"], rows)],
+            boost_heatmap(ama),
+        )
 
     def config(self) -> dict[str, Any]:
         """The setting as a config block: ``_target_`` (the class's import path) and every constructor

@@ -10,10 +10,16 @@ than the start worth ``U[0, 1]``). Only boosts are optimized.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+from matplotlib.figure import Figure
 
 from dmd_torch.envs.base import Setting, uniform
 from dmd_torch.mdp import TabularMDP, pick
+
+if TYPE_CHECKING:
+    from dmd_torch.description import Description
 
 __all__ = ["Gridworld", "MOVES"]
 
@@ -74,6 +80,49 @@ class Gridworld(Setting):
         value = torch.rand(num, self.n_agents, generator=generator, dtype=torch.float64)
         types = torch.zeros(num, self.n_agents, cells, dtype=torch.float64)
         return types.scatter_(-1, goal.unsqueeze(-1), value.unsqueeze(-1))
+
+    def describe(self, ama: Any) -> Description:
+        """A heatmap of the boosts by the cell a move enters, with the AMA's and VCG's paths for a sample profile."""
+        from dmd_torch.description import Description, markdown_table
+
+        g, b = self.size, ama.boosts.detach().cpu()
+        entered = self._entered.flatten()
+        per_cell = torch.zeros(g * g, dtype=torch.float64).index_add_(0, entered, b.flatten())
+        per_cell /= torch.bincount(entered, minlength=g * g).clamp(min=1)
+        types = self.checked_sample(1, torch.Generator().manual_seed(0)).to(ama.boosts.device)
+        paths = {}
+        for label, mech in (("AMA", ama), ("VCG", type(ama).vcg(self).to(ama.boosts.device))):
+            policy = mech.outcome(types).policy[0].cpu()
+            cell, path = 0, [0]
+            for _ in range(2 * g):
+                cell = int(self._entered[cell, policy[cell]])
+                path.append(cell)
+            paths[label] = path
+        goals = [(i + 1, int(t.argmax()), float(t.max())) for i, t in enumerate(types[0].cpu())]
+        fig = Figure(figsize=(4.8, 4.4))
+        ax = fig.subplots()
+        image = ax.imshow(per_cell.view(g, g).T.numpy(), cmap="coolwarm", origin="upper")
+        for (label, path), style in zip(paths.items(), ("-o", "--s")):
+            xs, ys = [c // g for c in path], [c % g for c in path]
+            ax.plot(xs, ys, style, label=f"{label} path", ms=4)
+        for i, cell, value in goals:
+            ax.annotate(f"goal {i}\n{value:.2f}", (cell // g, cell % g), ha="center", va="center", fontsize=7)
+        ax.set_xlabel("x")
+        ax.set_ylabel("y")
+        ax.set_title("mean boost for entering each cell", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.colorbar(image, ax=ax)
+        fig.tight_layout()
+        rows = [(y, *[float(per_cell[x * g + y]) for x in range(g)]) for y in range(g)]
+        return Description(
+            f"AMA on {self.report_key} ({self.n_agents} agents, {g} x {g} torus)",
+            ["Mean boost of the moves that enter each cell (rows y, columns x; the start is (0, 0)). For the "
+             f"sample profile with goals {[(i, list(self.mdp.state_labels[c]), round(v, 3)) for i, c, v in goals]}, "
+             f"the AMA's path visits {[list(self.mdp.state_labels[c]) for c in paths['AMA']]} and VCG's "
+             f"{[list(self.mdp.state_labels[c]) for c in paths['VCG']]}.",
+             markdown_table(["y \\ x", *range(g)], rows)],
+            fig,
+        )
 
     def rewards(self, types: torch.Tensor) -> torch.Tensor:
         entered = self._entered.to(types.device)

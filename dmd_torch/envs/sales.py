@@ -8,9 +8,15 @@ States are allocation histories ``h = (a_1, ..., a_t)``, ``t = 0..m-1``, with ``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+from matplotlib.figure import Figure
 
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
+
+if TYPE_CHECKING:
+    from dmd_torch.description import Description
 
 __all__ = ["SequentialSales"]
 
@@ -68,6 +74,41 @@ class SequentialSales(Setting):
         virtual values, which is revenue-optimal (docs/settings.md).
         """
         return torch.ones(self.n_agents, dtype=torch.float64), self.myerson_boosts()
+
+    def describe(self, ama: Any) -> Description:
+        """Each bidder's effective reserve per history, beside Myerson's ``c_i / 2``.
+
+        Against selling to nobody, bidder ``i`` wins in history ``h`` only if
+        ``w_i v_i + b(h, i) > b(h, 0)``, i.e. ``v_i > (b(h, 0) - b(h, i)) / w_i``: its reserve there.
+        """
+        from dmd_torch.description import Description, markdown_table
+
+        w, b = ama.weights.detach().cpu(), ama.boosts.detach().cpu()
+        reserves = (b[:, :1] - b[:, 1:]) / w  # [S, n]
+        n = self.n_agents
+        rows = [(list(h), *[float(reserves[s, i]) if (i + 1) not in h else "has one" for i in range(n)])
+                for s, h in enumerate(self.mdp.state_labels)]
+        rows.append(("Myerson (c_i / 2)", *[float(c) / 2 for c in self._top]))
+        fig = Figure(figsize=(7.0, 3.8))
+        ax = fig.subplots()
+        shown = min(len(rows) - 1, 24)
+        width = 0.8 / n
+        for i in range(n):
+            xs = [k + (i - (n - 1) / 2) * width for k in range(shown)]
+            ax.bar(xs, [float(reserves[k, i]) for k in range(shown)], width, label=f"bidder {i + 1}")
+            ax.axhline(float(self._top[i]) / 2, color=f"C{i}", ls=":", lw=1)
+        ax.set_xticks(range(shown), [str(list(h)) for h in self.mdp.state_labels[:shown]], rotation=90, fontsize=7)
+        ax.set_ylabel("effective reserve")
+        ax.set_title("effective reserves by history (dotted: Myerson's c_i / 2)", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        return Description(
+            f"AMA on {self.report_key} ({n} bidders, {self.size} items)",
+            ["Bidder i wins an item in history h only if its value exceeds its effective reserve "
+             "(b(h, nobody) - b(h, i)) / w_i there; Myerson's optimal auction has reserve c_i / 2, half the "
+             "top of i's value range.", markdown_table(["history", *[f"bidder {i + 1}" for i in range(n)]], rows)],
+            fig,
+        )
 
     def myerson_boosts(self) -> torch.Tensor:
         """The boosts of :meth:`known_optimum` ``[S, A]``."""

@@ -12,13 +12,19 @@ state-action pair, so it is linear in the occupancy measure.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import torch
+from matplotlib.figure import Figure
 
 from dmd_torch.checks import check_bool
 from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import pick
 from dmd_torch.objective import Loss
+
+if TYPE_CHECKING:
+    from dmd_torch.description import Description
 
 __all__ = ["TaskScheduling", "queue_makespan"]
 
@@ -116,6 +122,41 @@ class TaskScheduling(Setting):
             return super().policy_loss(types, occupancy)
         workers = occupancy.path % self.mdp.num_actions  # [..., B, T]
         return queue_makespan(types, workers, self.clamped)
+
+    def describe(self, ama: Any) -> Description:
+        """Which worker gets each task, under the AMA and under VCG, on 2,000 sampled profiles."""
+        from dmd_torch.description import Description, markdown_table
+        from dmd_torch.exact import policy_occupancy
+
+        types = self.checked_sample(2000, torch.Generator().manual_seed(0)).to(ama.boosts.device)
+        shares, spans = [], []
+        for mech in (ama, type(ama).vcg(self).to(ama.boosts.device)):
+            out = mech.outcome(types)
+            workers = policy_occupancy(self.mdp, out.policy).path % self.mdp.num_actions  # [B, T]
+            shares.append(torch.stack([(workers == i).double().mean(0) for i in range(self.n_agents)], -1).cpu())
+            spans.append(float(out.objective.mean()))
+        rows = [(t + 1, *[f"{float(shares[0][t, i]):.2f} ({float(shares[1][t, i]):.2f})" for i in range(self.n_agents)])
+                for t in range(self.size)]
+        fig = Figure(figsize=(6.5, 3.6))
+        axes = fig.subplots(1, 2, sharey=True)
+        for ax, share, span, label in zip(axes, shares, spans, ("AMA", "VCG")):
+            bottom = torch.zeros(self.size, dtype=torch.float64)
+            for i in range(self.n_agents):
+                ax.bar(range(1, self.size + 1), share[:, i].tolist(), bottom=bottom.tolist(), label=f"worker {i + 1}")
+                bottom = bottom + share[:, i]
+            ax.set_title(f"{label}: makespan {span:.4f}", fontsize=10)
+            ax.set_xlabel("task")
+        axes[0].set_ylabel("share of profiles")
+        axes[0].legend(fontsize=7)
+        fig.tight_layout()
+        return Description(
+            f"AMA on {self.report_key} ({self.n_agents} workers, {self.size} tasks)",
+            [f"Mean makespan on 2,000 sampled profiles: {spans[0]:.4f} under the AMA, {spans[1]:.4f} under VCG "
+             "(which gives every task to the cheapest worker). Share of profiles in which each worker gets each "
+             "task, AMA (VCG):",
+             markdown_table(["task", *[f"worker {i + 1}" for i in range(self.n_agents)]], rows)],
+            fig,
+        )
 
     def loss_vector(self, types: torch.Tensor) -> torch.Tensor:
         """Makespan of each terminal state-action pair ``q[B, S, A]`` (zero elsewhere)."""

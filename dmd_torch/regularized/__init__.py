@@ -124,4 +124,6 @@ def regularized_occupancy(
         solver = make_backend(mdp, backend, options)
     lead = tuple(c.shape[:-2])
     flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
+    if flat.shape[0] == 0:  # an empty batch: nothing to solve
+        return flat.reshape(*lead, *mdp.shape) * 0.0
     return solver.solve(mdp, flat, alpha, lead).reshape(*lead, *mdp.shape)

@@ -140,8 +140,6 @@ class CvxpyLayersBackend(Backend):
         layer_backward, check_tol = self.options.layer_backward, self.options.check_tol
         solver_args = dict(self.options.solver_args)
         B, S, A = c.shape
-        if B == 0:
-            return c.new_zeros(0, S, A)
         if layer_backward and alpha < LAYER_BACKWARD_MIN_ALPHA:
             warnings.warn(
                 f"cvxpylayers' own derivative (diffcp) is unreliable at alpha={alpha:g} < "

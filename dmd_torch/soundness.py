@@ -1,0 +1,67 @@
+"""Numerical soundness: how far float64 arithmetic can bend the incentives of an AMA.
+
+An AMA is strategyproof in exact arithmetic for every ``w > 0`` and ``b``. The exact solvers compare
+Q-values up to the tie tolerance ``TIE_TOL * (1 + |Q|)`` (:mod:`dmd_torch.exact`), and the payments
+are differences of affine welfares of size ``|Q|``. Where the boosts or weighted rewards are large,
+``|Q|`` is large, and an agent can shift a near-tie, or a rounded payment, by up to
+
+    ic_tolerance = (TIE_TOL + 64 eps) * (1 + Q) / min_i w_i,     Q = H * (max |b| + sum_i w_i R_i),
+
+in its own utility, where ``H`` is the horizon (the number of decisions, or ``1 / (1 - gamma)``) and
+``R_i`` the largest reward agent ``i`` can have (:meth:`~dmd_torch.envs.Setting.reward_scale`). The
+library compares it with the agents' reward scale ``R = max_i R_i`` (docs/numerical_soundness.md):
+
+* ``ic_tolerance <= SOUND * R``: sound; figures are reported as they are;
+* ``SOUND * R < ic_tolerance <= REFUSE * R``: flagged; evaluation warns, and ``results.json``, the
+  printed summaries and the report mark the figures as strategyproof only up to the tolerance;
+* ``ic_tolerance > REFUSE * R``: refused; the mechanism's figures would be meaningless, and
+  :meth:`~dmd_torch.mechanism.AMA.check_parameters` raises before any solve.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from dmd_torch.exact import TIE_TOL
+from dmd_torch.mdp import TabularMDP
+
+if TYPE_CHECKING:
+    from dmd_torch.envs.base import Setting
+
+__all__ = ["SOUND", "REFUSE", "horizon", "ic_tolerance", "check_sound"]
+
+SOUND = 1e-8
+"""Relative IC tolerance up to which figures are reported unflagged."""
+REFUSE = 1e-3
+"""Relative IC tolerance above which a mechanism is refused."""
+_EPS = float(torch.finfo(torch.float64).eps)
+
+
+def horizon(mdp: TabularMDP) -> float:
+    """An upper bound on the total discounted weight of a trajectory: the number of decisions on an
+    acyclic MDP, ``1 / (1 - gamma)`` on one with cycles."""
+    return float(len(mdp.levels)) if mdp.levels is not None else 1.0 / (1.0 - mdp.gamma)
+
+
+def ic_tolerance(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:
+    """The bound of the module docstring on the utility an agent can gain from float64's rounding,
+    for weights ``[n]`` and boosts ``[S, A]``."""
+    w = weights.detach().to(torch.float64).cpu()
+    R = setting.reward_scale().to(torch.float64)
+    Q = horizon(setting.mdp) * (float(boosts.detach().abs().max()) + float((w * R).sum()))
+    return (TIE_TOL + 64 * _EPS) * (1.0 + Q) / float(w.min())
+
+
+def check_sound(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:
+    """The relative IC tolerance ``ic_tolerance / R``; a one-line ``ValueError`` above :data:`REFUSE`."""
+    scale = float(setting.reward_scale().max())
+    relative = ic_tolerance(setting, weights, boosts) / (scale if scale > 0 else 1.0)
+    if relative > REFUSE:
+        raise ValueError(
+            f"the mechanism's boosts (largest {float(boosts.detach().abs().max()):.3g}) or weights dwarf the "
+            f"rewards (scale {scale:.3g}): float64 resolves its ties and payments only to {relative:.1e} of the "
+            f"rewards, so it is not strategyproof in floating point; allowed: up to {REFUSE:g} (docs/numerical_soundness.md)"
+        )
+    return relative
