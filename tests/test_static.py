@@ -92,3 +92,15 @@ def test_bad_input(options, match):
     with pytest.raises(ValueError, match=match) as info:
         make_env("static_auction", **options)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("name", ["grid", "zeroth_order", "reg_lp"])
+def test_every_method_runs_and_nears_myerson(name):
+    from dmd_torch.methods import make_method
+
+    env = make_env("static_auction", n_agents=2, size=1)
+    budget = {"grid": {"num_points": 256, "profiles": 500}}.get(name, {"steps": 200, "eval_every": 50, "multistart": {"starts": 1}})
+    held = env.sample_types(2000, torch.Generator().manual_seed(1))
+    result = make_method(name, **budget).run(AMA(env), heldout=held)
+    optimum = float(AMA.known_optimum(env).objective(held).mean())
+    assert result.heldout >= 0.9 * optimum and result.heldout > float(AMA.vcg(env).objective(held).mean())
