@@ -37,6 +37,7 @@ from dmd_torch.config import METHOD_CONFIGS, EvaluateConfig, TrainConfig, to_con
 from dmd_torch.description import DESCRIPTION_FILES, write_description
 from dmd_torch.envs import Setting, setting_from_config
 from dmd_torch.evaluation import NOT_SOUND, EvaluationResult, evaluate, ic_audit
+from dmd_torch.cost import CostEstimate, available_memory, estimate
 from dmd_torch.mechanism import AMA
 from dmd_torch.methods import Method, MethodResult, make_method
 from dmd_torch.methods.base import stream_seed
@@ -60,6 +61,7 @@ class Job:
         out: The run directory.
         device: Where tensors live.
         fingerprint: What a finished run in ``out`` must match to be skipped.
+        cost: The run's estimated time and memory (:mod:`dmd_torch.cost`).
     """
 
     config: TrainConfig
@@ -68,6 +70,11 @@ class Job:
     out: Path
     device: torch.device
     fingerprint: dict[str, Any]
+    cost: CostEstimate
+
+
+#: A run expected to take longer than this many seconds prints its expected duration at the start.
+LONG_RUN_S = 60.0
 
 
 def load_config(cfg: DictConfig | Mapping[str, Any]) -> TrainConfig:
@@ -105,7 +112,8 @@ def _device(name: str) -> torch.device:
 
 
 def prepare(cfg: DictConfig | Mapping[str, Any]) -> Job:
-    """Checks the whole configuration and builds the setting and the method (no work yet)."""
+    """Checks the whole configuration and builds the setting and the method (no work yet); refuses
+    a run whose estimated peak memory exceeds the memory available (one line)."""
     config = load_config(cfg)
     setting = setting_from_config(config.env)
     method = make_method(config.method)
@@ -114,7 +122,14 @@ def prepare(cfg: DictConfig | Mapping[str, Any]) -> Job:
     method_config = {k: v for k, v in dataclasses.asdict(config.method).items() if k != "variant"}
     fingerprint = run_fingerprint(setting.config(), method_config, config.seed, config.heldout_profiles,
                                   config.eval.profiles, config.eval.seed)
-    return Job(config, setting, method, output_directory(config), device, fingerprint)
+    cost = estimate(setting, method, config.heldout_profiles, config.eval.profiles)
+    memory = available_memory()
+    if device.type == "cpu" and cost.peak_bytes > memory:
+        raise ValueError(f"{setting.report_key} with n_agents={setting.n_agents}, size={setting.size} "
+                         f"({setting.mdp.num_states:,} states x {setting.mdp.num_actions:,} actions) and method "
+                         f"{method.config.variant}: estimated peak memory {cost.peak_bytes / 2**30:.1f} GiB exceeds "
+                         f"the {memory / 2**30:.1f} GiB available; allowed: smaller sizes or budgets")
+    return Job(config, setting, method, output_directory(config), device, fingerprint, cost)
 
 
 @contextlib.contextmanager
@@ -294,8 +309,11 @@ def _run(job: Job, t0: float) -> RunResult:
     for stale in job.out.glob("events.out.tfevents.*"):  # a rerun replaces the previous run's curves
         stale.unlink()
     config = job.config
+    if job.cost.total_s > LONG_RUN_S:
+        print(f"{job.setting.report_key} n={job.setting.n_agents} size={job.setting.size} "
+              f"{job.method.config.variant}: {job.cost.describe()}", flush=True)
     logger = RunLogger(job.out, job.method.total_work(), job.setting, tensorboard=config.tensorboard,
-                       progress=config.progress)
+                       progress=config.progress, log_every=config.log_every)
     before = _stamps(job.out)
     try:
         ama, trained = train(job, logger)

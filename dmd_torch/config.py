@@ -43,6 +43,8 @@ __all__ = [
     "RegLPConfig",
     "ZerothOrderConfig",
     "METHOD_CONFIGS",
+    "VARIANTS",
+    "method_config",
     "EvalConfig",
     "TrainConfig",
     "EvaluateConfig",
@@ -187,13 +189,27 @@ class MethodConfig:
 
 @dataclass
 class GridConfig(MethodConfig):
-    """Sobol grid search, each candidate scored exactly on common profiles (paper, section 5).
+    """Grid search, each candidate scored exactly on common profiles (paper, section 5), refined locally.
+
+    The candidates are the centre of the box first (zero boosts, equal weights: VCG, so the search
+    never returns worse than VCG on its profiles), then Sobol points over the setting's box scaled
+    by ``box_scale``, then ``refine_rounds`` rounds of Sobol points in a box around the best
+    candidate so far, its half-width shrunk by ``shrink`` each round. The paper variant
+    (``grid_paper``) is the authors' sequence over the paper's box: unscrambled Sobol without its
+    all-zero point (whose first point is the centre), no refinement.
 
     Attributes:
-        num_points: Sobol candidates (paper: 10,000).
+        num_points: Candidates in all (paper: 10,000).
         profiles: Common training profiles per candidate (paper: 2,000).
         top_k: How many best candidates the result lists (the best is the mechanism).
         max_batch_elements: Bound on ``candidates x profiles x problems x S x A`` per batched solve.
+        scramble: Seeded scrambled Sobol points (``False``: the unscrambled sequence).
+        tied: In an acyclic MDP, search boosts shared by the states as many steps from the end, one
+            per (height, action) (``False``: one per state and action, the paper's).
+        box_scale: Half-width of the global box relative to the setting's search box (``> 0``).
+        refine_rounds: Local rounds after the global points (``0``: none).
+        refine_fraction: Share of ``num_points`` the local rounds use together, in ``[0, 1)``.
+        shrink: Half-width of each local box relative to the previous one, in ``(0, 1)``.
     """
 
     name: str = "grid"
@@ -201,6 +217,12 @@ class GridConfig(MethodConfig):
     profiles: int = 2_000
     top_k: int = 1
     max_batch_elements: int = 500_000
+    scramble: bool = True
+    tied: bool = True
+    box_scale: float = 1.0
+    refine_rounds: int = 4
+    refine_fraction: float = 0.5
+    shrink: float = 0.5
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -208,8 +230,21 @@ class GridConfig(MethodConfig):
         check_int("grid profiles", self.profiles)
         check_int("grid top_k", self.top_k)
         check_int("grid max_batch_elements", self.max_batch_elements)
+        check_bool("grid scramble", self.scramble)
+        check_bool("grid tied", self.tied)
+        self.box_scale = check_float("grid box_scale", self.box_scale)
+        check_int("grid refine_rounds", self.refine_rounds, minimum=0)
+        self.refine_fraction = check_float("grid refine_fraction", self.refine_fraction, allow_zero=True)
+        self.shrink = check_float("grid shrink", self.shrink)
+        if self.refine_fraction >= 1.0:
+            raise ValueError(f"grid refine_fraction must be in [0, 1), got {self.refine_fraction}")
+        if self.shrink >= 1.0:
+            raise ValueError(f"grid shrink must be in (0, 1), got {self.shrink}")
         if self.top_k > self.num_points:
             raise ValueError(f"grid top_k must be <= num_points = {self.num_points}, got {self.top_k}")
+        if self.refine_rounds and int(self.num_points * self.refine_fraction) < self.refine_rounds:
+            raise ValueError(f"grid num_points * refine_fraction = {int(self.num_points * self.refine_fraction)} "
+                             f"must give each of the {self.refine_rounds} refine_rounds a point")
 
 
 @dataclass
@@ -246,24 +281,27 @@ class GradientConfig(MethodConfig):
 class RegLPConfig(GradientConfig):
     """Gradients through the entropy-regularized follower (paper, section 4, "Regularized linear program").
 
-    The paper's section-5 values: alpha 0.01, 20 profiles per step, step size 0.01. The paper names
-    no optimizer, schedule or number of steps; Adam with cosine decay and 3 random starts are this
-    library's.
+    The defaults are the best this library knows: alpha annealed geometrically from 0.05 to 0.02
+    over each start's steps, Adam with step 0.03 and cosine decay, 3 random starts. The smooth
+    start escapes the flat regions where alpha = 0.01 stalls, the sharp end keeps the
+    regularization bias small (docs/results/). The paper's section-5 values (alpha 0.01
+    throughout, step size 0.01, 20 profiles per step) are the variant ``reg_lp_paper``
+    (:data:`VARIANTS`).
 
     Attributes:
-        alpha: Entropy weight of the follower's problem (paper: 0.01).
+        alpha: Entropy weight of the follower's problem at each start's first step (paper: 0.01).
         alpha_final: Entropy weight of each start's last step, reached geometrically from ``alpha``;
-            ``None``: ``alpha`` throughout.
+            ``None``: ``alpha`` throughout (paper).
         backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers`` (:mod:`dmd_torch.regularized`).
         solver_options: The backend's options (e.g. ``{tol: 1e-10}`` for ``newton``).
     """
 
     name: str = "reg_lp"
-    alpha: float = 0.01
-    alpha_final: Optional[float] = None
+    alpha: float = 0.05
+    alpha_final: Optional[float] = 0.02
     backend: str = "auto"
     solver_options: dict[str, Any] = field(default_factory=dict)
-    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("Adam", 0.01))
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig("Adam", 0.03))
     scheduler: SchedulerConfig = field(default_factory=lambda: SchedulerConfig("CosineAnnealingLR"))
     multistart: MultiStartConfig = field(default_factory=lambda: MultiStartConfig(starts=3))
 
@@ -280,8 +318,9 @@ class RegLPConfig(GradientConfig):
 class ZerothOrderConfig(GradientConfig):
     """Zeroth-order bilevel gradients (paper, section 4, after Sow, Ji & Liang 2022).
 
-    The paper's section-5 values: 20 Gaussian perturbations of std 0.05, 20 profiles per step,
-    step size 0.1.
+    The defaults are the paper's section-5 values (20 Gaussian perturbations of std 0.05, 20
+    profiles per step, SGD with step size 0.1): this library knows no better configuration yet.
+    The variant ``zeroth_order_paper`` pins them, should the defaults change.
 
     Attributes:
         num_perturbations: Gaussian perturbations per gradient estimate (paper: 20).
@@ -304,6 +343,29 @@ class ZerothOrderConfig(GradientConfig):
 
 #: The method configurations by name.
 METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"grid": GridConfig, "reg_lp": RegLPConfig, "zeroth_order": ZerothOrderConfig}
+
+#: Named configurations of the methods: the paper's section-5 hyperparameters, by variant name, as
+#: ``(method, values over its defaults)``. Each is also ``method=<variant>`` on the command line and
+#: ``make_method("<variant>")`` in Python, and a run of one is reported under its name.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "grid_paper": ("grid", {"scramble": False, "tied": False, "box_scale": 1.0, "refine_rounds": 0}),
+    "zeroth_order_paper": ("zeroth_order", {"num_perturbations": 20, "sigma": 0.05, "profiles_per_step": 20,
+                                            "optimizer": {"name": "SGD", "lr": 0.1}}),
+    "reg_lp_paper": ("reg_lp", {"alpha": 0.01, "alpha_final": None, "profiles_per_step": 20,
+                                "optimizer": {"name": "Adam", "lr": 0.01}}),
+}
+
+
+def method_config(name: str, overrides: Any = None) -> MethodConfig:
+    """The configuration of method or variant ``name`` (:data:`METHOD_CONFIGS`, :data:`VARIANTS`)
+    with ``overrides`` over it, checked (one-line errors naming what is allowed)."""
+    if name in VARIANTS:
+        method, values = VARIANTS[name]
+        base = OmegaConf.merge(OmegaConf.structured(METHOD_CONFIGS[method]), {**values, "variant": name})
+        return to_config(METHOD_CONFIGS[method], OmegaConf.merge(base, overrides or {}))
+    if name not in METHOD_CONFIGS:
+        raise ValueError(f"unknown method {name!r}; allowed: {', '.join([*METHOD_CONFIGS, *VARIANTS])}")
+    return to_config(METHOD_CONFIGS[name], overrides)
 
 
 @dataclass
@@ -337,6 +399,7 @@ class TrainConfig:
         heldout_profiles: The fixed held-out sample, evaluated exactly every ``method.eval_every`` steps.
         eval: The final evaluation.
         tensorboard: Write TensorBoard event files into the run directory.
+        log_every: Training steps per TensorBoard point (the means of those steps) and bar refresh.
         progress: Show a progress bar.
         output_dir: The run directory (``None``: Hydra's).
         force: Rerun even if the run directory holds a finished run of this configuration.
@@ -351,6 +414,7 @@ class TrainConfig:
     heldout_profiles: int = 2_000
     eval: EvalConfig = field(default_factory=EvalConfig)
     tensorboard: bool = True
+    log_every: int = 10
     progress: bool = True
     output_dir: Optional[str] = None
     force: bool = False
@@ -360,6 +424,7 @@ class TrainConfig:
         if self.threads is not None:
             check_int("threads", self.threads)
         check_int("heldout_profiles", self.heldout_profiles)
+        check_int("log_every", self.log_every)
 
 
 @dataclass
@@ -401,7 +466,8 @@ def setting_config(cls: type) -> type:
 
 def register_configs() -> None:
     """Stores the schemas in Hydra's ConfigStore: ``train_config`` and ``evaluate_config`` (the apps), group
-    ``method`` (``grid``, ``reg_lp``, ``zeroth_order``) and group ``env`` (each registered setting)."""
+    ``method`` (``grid``, ``reg_lp``, ``zeroth_order`` and the :data:`VARIANTS`) and group ``env``
+    (each registered setting)."""
     from dmd_torch.envs import ENVS  # the settings build on this module's layer
 
     cs = ConfigStore.instance()
@@ -409,6 +475,9 @@ def register_configs() -> None:
     cs.store(name="evaluate_config", node=EvaluateConfig)
     for name, cls in METHOD_CONFIGS.items():
         cs.store(group="method", name=name, node=cls)
+    for name, (method, values) in VARIANTS.items():
+        node = OmegaConf.merge(OmegaConf.structured(METHOD_CONFIGS[method]), {**values, "variant": name})
+        cs.store(group="method", name=name, node=node)
     for name, setting in ENVS.items():
         cs.store(group="env", name=name, node=setting_config(setting))
 

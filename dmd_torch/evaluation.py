@@ -23,6 +23,7 @@ from dmd_torch.checks import check_int
 from dmd_torch.soundness import SOUND
 from dmd_torch.envs import Setting
 from dmd_torch.mechanism import AMA
+from dmd_torch.runtime import MAX_BATCH_ELEMENTS, exact_threads
 
 __all__ = [
     "EvaluationResult",
@@ -37,9 +38,8 @@ __all__ = [
 #: What evaluation says of a mechanism that is not numerically sound (followed by its tolerance).
 NOT_SOUND = "the mechanism's boosts or weights are so large that float64 keeps it strategyproof only up to"
 
-#: Bound on the elements of one batched exact solve's working arrays (:func:`profile_chunk`): batches
-#: of a few MB stay in cache and reuse their memory, which is up to 2x faster than large ones.
-MAX_BATCH_ELEMENTS = 500_000
+# MAX_BATCH_ELEMENTS (dmd_torch.runtime) bounds the elements of one batched exact solve's working
+# arrays (profile_chunk): batches of a few MB stay in cache and reuse their memory, up to 2x faster.
 
 
 @dataclass
@@ -116,7 +116,8 @@ def objective_values(ama: AMA, types: torch.Tensor, chunk: int | None = None) ->
     """Exact objective (revenue or loss) of each profile ``[B]``, solved in chunks of profiles
     (default :func:`profile_chunk`)."""
     chunk = profile_chunk(ama.setting) if chunk is None else check_int("chunk", chunk)
-    return torch.cat([ama.objective(t) for t in types.split(chunk)])
+    with exact_threads(ama.setting):
+        return torch.cat([ama.objective(t) for t in types.split(chunk)])
 
 
 def mean_stderr(x: torch.Tensor) -> tuple[float, float]:
@@ -137,6 +138,11 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None 
         chunk: Profiles per batched solve (default :func:`profile_chunk`).
     """
     check_int("profiles", profiles, minimum=2)  # two for a standard error
+    with exact_threads(ama.setting):
+        return _evaluate(ama, profiles, seed, chunk)
+
+
+def _evaluate(ama: AMA, profiles: int, seed: int, chunk: int | None) -> EvaluationResult:
     ama.check_parameters()
     tolerance = ama.ic_tolerance()
     setting = ama.setting
@@ -150,7 +156,7 @@ def evaluate(ama: AMA, profiles: int = 10_000, seed: int = 0, chunk: int | None 
     result = EvaluationResult(setting.objective.name, mean, se, vmean, vse, profiles, int(seed), improvement,
                               ic_tolerance=tolerance, numerically_sound=tolerance <= SOUND)
     if not result.numerically_sound:
-        warnings.warn(f"{NOT_SOUND} {tolerance:.1e} of the rewards (docs/numerical_soundness.md)", stacklevel=2)
+        warnings.warn(f"{NOT_SOUND} {tolerance:.1e} of the rewards (docs/numerical_soundness.md)", stacklevel=3)
     best = AMA.known_optimum(setting)
     if best is not None:
         kmean, kse = mean_stderr(objective_values(best.to(ama.boosts.device), types, chunk))
@@ -195,6 +201,12 @@ def ic_audit(ama: AMA, types: torch.Tensor, prior_draws: int = 8, seed: int = 0)
     check_int("ic_audit prior_draws", prior_draws, minimum=0)
     if types.shape[0] == 0:
         raise ValueError("ic_audit needs at least one type profile, got 0")
+    with exact_threads(setting):
+        return _ic_audit(ama, types, prior_draws, seed)
+
+
+def _ic_audit(ama: AMA, types: torch.Tensor, prior_draws: int, seed: int) -> AuditResult:
+    setting = ama.setting
     gen = torch.Generator().manual_seed(int(seed))
     truth = ama.outcome(types)
     r_true = setting.checked_rewards(types)

@@ -24,6 +24,7 @@ from dmd_torch.checks import check_finite
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import EXACT, RegularizedFollower
 from dmd_torch.objective import leader_objective, payments
+from dmd_torch.runtime import exact_threads
 from dmd_torch.soundness import check_sound
 
 __all__ = ["AMA", "Outcome"]
@@ -133,7 +134,8 @@ class AMA(nn.Module):
         setting = self.setting
         types = types.to(self.boosts.device)
         r = setting.checked_rewards(types)
-        sol = EXACT.respond(setting.mdp, r, self.log_weights, self.boosts, without=True)
+        with exact_threads(setting):
+            sol = EXACT.respond(setting.mdp, r, self.log_weights, self.boosts, without=True)
         assert sol.asw_without is not None and sol.policy is not None
         with torch.no_grad():
             p = payments(sol.agent_values, sol.weights, sol.asw, sol.asw_without)

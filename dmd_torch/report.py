@@ -5,8 +5,10 @@ A sweep (``python scripts/train.py -m +experiment=table1``, see ``docs/sweeps.md
 paper's cells (setting, ``n``, ``m``) and methods, and writes per table
 
 * ``table<k>.md``: the paper's layout -- n, m, VCG, grid, zeroth order, regularized LP, best
-  improvement -- plus a column per further method variant that was run (e.g. ``reg_lp_tuned``,
-  after the paper's three; it has no published figure), each of our figures as
+  improvement -- where the paper's three columns are our runs of the paper's hyperparameters
+  (the variants ``grid_paper``, ``zeroth_order_paper``, ``reg_lp_paper``), then a column per
+  further configuration that was run (this library's defaults ``grid``, ``reg_lp``, ..., with no
+  published figure), each of our figures as
   ``mean ± standard error`` with the paper's published figure in parentheses, the known optimum and
   optimality ratio for the sales tables, and the wall time of each run;
 * ``table<k>.csv``: the same, one column per quantity (empty field = missing);
@@ -43,12 +45,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from dmd_torch.cost import format_duration
 from dmd_torch.reference import PaperRow, paper_tables
 from dmd_torch.results import RESULTS_FILE, RunResult, Training, read_result
 from dmd_torch.files import atomic_write
 
 __all__ = [
     "METHODS",
+    "PAPER_COLUMN",
     "table_methods",
     "VCG_Z_MAX",
     "MIN_OPTIMALITY_RATIO",
@@ -68,18 +72,26 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The paper's methods, in the tables' column order.
-METHODS: tuple[str, ...] = ("grid", "zeroth_order", "reg_lp")
+#: The paper's columns, in the tables' order: the labels of our runs with the paper's
+#: hyperparameters (:data:`dmd_torch.config.VARIANTS`).
+METHODS: tuple[str, ...] = ("grid_paper", "zeroth_order_paper", "reg_lp_paper")
+#: The paper's column (the key of its published figure) of each of :data:`METHODS`.
+PAPER_COLUMN: dict[str, str] = {"grid_paper": "grid", "zeroth_order_paper": "zeroth_order", "reg_lp_paper": "reg_lp"}
+#: This library's defaults, the columns after the paper's.
+DEFAULTS: tuple[str, ...] = ("grid", "zeroth_order", "reg_lp")
 
-#: Column titles of the methods (and of this library's variants; any other variant is titled by its name).
+#: Column titles of the runs (any other variant is titled by its name).
 METHOD_LABELS: dict[str, str] = {
-    "grid": "grid",
-    "zeroth_order": "zeroth order",
-    "reg_lp": "regularized LP",
-    "reg_lp_tuned": "regularized LP (tuned)",
+    "grid_paper": "grid",
+    "zeroth_order_paper": "zeroth order",
+    "reg_lp_paper": "regularized LP",
+    "grid": "grid (ours)",
+    "zeroth_order": "zeroth order (ours)",
+    "reg_lp": "regularized LP (ours)",
 }
 
-_SHORT = {"grid": "grid", "zeroth_order": "ZO", "reg_lp": "reg. LP", "reg_lp_tuned": "reg. LP tuned"}
+_SHORT = {"grid_paper": "grid", "zeroth_order_paper": "ZO", "reg_lp_paper": "reg. LP",
+          "grid": "grid ours", "zeroth_order": "ZO ours", "reg_lp": "reg. LP ours"}
 
 _ZERO = 1e-9  # |VCG| below this: the relative improvement is undefined ("N/A")
 _MISSING = "—"
@@ -315,7 +327,7 @@ def build_rows(
         if p is not None and spec.paper_stderr_bound is not None:
             combined = math.hypot(row.vcg_stderr, spec.paper_stderr_bound)
             row.vcg_z = (row.vcg_mean - p.values["vcg"]) / combined
-            row.paper_best = spec.sign * max(spec.sign * p.values[k] for k in METHODS)
+            row.paper_best = spec.sign * max(spec.sign * p.values[PAPER_COLUMN[k]] for k in METHODS)
             if row.best_method is not None:
                 row.best_gap = spec.sign * (row.runs[row.best_method].evaluation.mean - row.paper_best)
         if row.best_method is not None:
@@ -340,9 +352,11 @@ def _training(run: RunResult) -> Training:
 
 
 def table_methods(rows: Sequence[Row]) -> tuple[str, ...]:
-    """The method columns of a table: the paper's :data:`METHODS`, then the other variants run, sorted."""
-    extra = sorted({k for row in rows for k in row.runs} - set(METHODS))
-    return (*METHODS, *extra)
+    """The method columns of a table: the paper's :data:`METHODS`, then this library's
+    :data:`DEFAULTS` that were run, then the other variants run, sorted."""
+    ran = {k for row in rows for k in row.runs}
+    ours = tuple(k for k in DEFAULTS if k in ran)
+    return (*METHODS, *ours, *sorted(ran - set(METHODS) - set(ours)))
 
 
 def _label(method: str) -> str:
@@ -362,19 +376,13 @@ def _pct(x: float | None) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return _MISSING
-    if seconds < 10:
-        return f"{seconds:.2f} s"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.2f} h"
+    return _MISSING if seconds is None else format_duration(seconds)
 
 
 def _paper_text(row: Row, column: str) -> str:
-    return row.paper.text[column] if row.paper is not None and column in row.paper.text else _MISSING
+    """The published figure of column ``column`` (``vcg`` or a run label of :data:`METHODS`), or "—"."""
+    key = PAPER_COLUMN.get(column, column if column == "vcg" else None)
+    return row.paper.text[key] if row.paper is not None and key in row.paper.text else _MISSING
 
 
 def _ours(mean: float | None, stderr: float | None, bold: bool = False) -> str:
@@ -438,7 +446,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     seeds = sorted({_training(r).seed for r in records})
     budgets = sorted({_training(r).grid_candidates for r in records if _training(r).method == "grid"})
     total = sum(_training(r).runtime_seconds for r in records)
-    paper_hours = ", ".join(f"{METHOD_LABELS[k]} < {spec.paper_runtime_hours[k]:g} h" for k in spec.paper_runtime_hours)
+    paper_hours = ", ".join(f"{METHOD_LABELS[k + '_paper']} < {spec.paper_runtime_hours[k]:g} h" for k in spec.paper_runtime_hours)
     imp_sign = f"positive = a higher {spec.objective} than VCG, negative = a lower one, as the paper prints it"
     variants = [k for k in methods if k not in METHODS]
     notes = [
@@ -455,8 +463,9 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
                      f"runtime {paper_hours}.")
     if variants:
         notes.append(
-            f"* {', '.join(_label(k) for k in variants)}: this library's configuration(s) of a method "
-            "(conf/method/<name>.yaml), not in the paper (no published figure); counted in our best."
+            f"* {', '.join(_label(k) for k in methods[:len(METHODS)])}: our runs of the paper's section-5 hyperparameters "
+            f"(method=<name>_paper); {', '.join(_label(k) for k in variants)}: this library's configurations "
+            "(method=<name>: the defaults), not in the paper (no published figure); all counted in our best."
         )
     if _has_optimum(rows):
         notes.append(
@@ -497,23 +506,29 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
         line("our best at least as good as the paper's best method", best,
              [(r, f"{r.runs[r.best_method].evaluation.mean:.4f} vs {r.paper_best:.4f}") for r in best if r.best_gap < 0]),
     ]
+    for k in DEFAULTS:  # this library's defaults against VCG, on the evaluation's fresh profiles
+        ran = [r for r in rows if k in r.runs]
+        if ran:
+            worse = [(r, f"{r.runs[k].evaluation.mean:.4f} vs {r.runs[k].evaluation.vcg_mean:.4f}") for r in ran
+                     if not spec.sign * (r.runs[k].evaluation.mean - r.runs[k].evaluation.vcg_mean) > 0]
+            notes.append(line(f"{_label(k)} better than VCG", ran, worse))
     if _has_optimum(rows):
         opt = [r for r in rows if r.optimality_ratio is not None]
         notes.append(line(f"optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", opt,
                           [(r, f"{r.optimality_ratio:.3f}") for r in opt if r.optimality_ratio < MIN_OPTIMALITY_RATIO]))
-    if any(k not in METHODS for r in rows for k in r.runs):  # the same checks without the variants
+    if any(k not in METHODS for r in rows for k in r.runs):  # the same checks with the paper's hyperparameters only
         paper_only = []
         for r in rows:
             runs = {k: r.runs[k] for k in METHODS if k in r.runs}
             if runs:
                 paper_only.append((r, runs[best_improvement(runs, spec.sign)[0]].evaluation.mean))
         gap = [(r, b) for r, b in paper_only if r.paper_best is not None]
-        notes.append(line("with the paper's three methods only, our best at least as good as the paper's best", gap,
+        notes.append(line("with the paper's hyperparameters only, our best at least as good as the paper's best", gap,
                           [(r, f"{b:.4f} vs {r.paper_best:.4f}") for r, b in gap
                            if spec.sign * (b - r.paper_best) < 0]))
         if _has_optimum(rows):
             ratio = [(r, b / r.known_optimum) for r, b in paper_only if r.known_optimum]
-            notes.append(line(f"with the paper's three methods only, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}",
+            notes.append(line(f"with the paper's hyperparameters only, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}",
                               ratio, [(r, f"{x:.3f}") for r, x in ratio if x < MIN_OPTIMALITY_RATIO]))
     return notes
 
@@ -525,19 +540,20 @@ def _num(x: float | int | None) -> str:
 def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     """Table ``spec`` as CSV text: one row per cell, one column per quantity.
 
-    Columns: ``table, setting, objective, n, m``, ``vcg, vcg_stderr, vcg_paper``; per method
-    ``<method>, <method>_stderr, <method>_paper, <method>_improvement_pct, <method>_optimality_ratio,
-    <method>_runtime_seconds, <method>_steps, <method>_seed, <method>_run_dir``; then ``best_method,
-    best_improvement_pct, best_improvement_pct_paper, known_optimum, known_optimum_stderr,
+    Columns: ``table, setting, objective, n, m``, ``vcg, vcg_stderr, vcg_published``; per run label
+    ``<label>, <label>_stderr, <label>_published, <label>_improvement_pct, <method>_optimality_ratio,
+    <label>_runtime_seconds, <label>_steps, <label>_seed, <label>_run_dir`` (``_published``: the
+    paper's figure of the column, for :data:`METHODS`); then ``best_method,
+    best_improvement_pct, best_improvement_pct_published, known_optimum, known_optimum_stderr,
     known_optimum_reference, optimality_ratio, vcg_z, paper_best, best_gap`` (see :class:`Row`). Improvements use the paper's sign convention (see
     the module docstring). Missing values are empty fields.
     """
     methods = table_methods(rows)
-    header = ["table", "setting", "objective", "n", "m", "vcg", "vcg_stderr", "vcg_paper"]
+    header = ["table", "setting", "objective", "n", "m", "vcg", "vcg_stderr", "vcg_published"]
     for k in methods:
-        header += [k, f"{k}_stderr", f"{k}_paper", f"{k}_improvement_pct", f"{k}_optimality_ratio",
+        header += [k, f"{k}_stderr", f"{k}_published", f"{k}_improvement_pct", f"{k}_optimality_ratio",
                    f"{k}_runtime_seconds", f"{k}_steps", f"{k}_seed", f"{k}_run_dir"]
-    header += ["best_method", "best_improvement_pct", "best_improvement_pct_paper", "known_optimum",
+    header += ["best_method", "best_improvement_pct", "best_improvement_pct_published", "known_optimum",
                "known_optimum_stderr", "known_optimum_reference", "optimality_ratio", "vcg_z", "paper_best",
                "best_gap"]
     buf = io.StringIO()
@@ -549,7 +565,7 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
                 _num(row.vcg_mean), _num(row.vcg_stderr), p.text["vcg"] if p else ""]
         for k in methods:
             rec = row.runs.get(k)
-            paper = p.text.get(k, "") if p else ""
+            paper = p.text.get(PAPER_COLUMN.get(k, ""), "") if p else ""
             if rec is None:
                 line += ["", "", paper, "", "", "", "", "", ""]
                 continue
@@ -566,9 +582,9 @@ def table_csv(spec: TableSpec, rows: Sequence[Row]) -> str:
     return buf.getvalue()
 
 
-_COLORS = {"vcg": "0.6", "grid": "tab:purple", "zeroth_order": "tab:blue", "reg_lp": "tab:orange",
-           "reg_lp_tuned": "tab:green"}
-_MORE_COLORS = ("tab:brown", "tab:pink", "tab:olive", "tab:cyan")
+_COLORS = {"vcg": "0.6", "grid_paper": "tab:purple", "zeroth_order_paper": "tab:blue", "reg_lp_paper": "tab:orange",
+           "grid": "tab:pink", "zeroth_order": "tab:cyan", "reg_lp": "tab:green"}
+_MORE_COLORS = ("tab:brown", "tab:olive", "tab:red", "tab:gray")
 
 
 def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) -> Path:
@@ -595,8 +611,9 @@ def plot_table(spec: TableSpec, rows: Sequence[Row], path: str | os.PathLike) ->
                 mean, se = (rec.evaluation.mean, rec.evaluation.stderr) if rec else (None, None)
             if mean is not None:
                 ax.bar(x, mean, width * 0.92, yerr=se, color=colors[col], capsize=2, ecolor="k")
-            if row.paper is not None and col in row.paper.values:
-                ax.plot([x - width / 2, x + width / 2], [row.paper.values[col]] * 2, color="k", lw=2)
+            key = PAPER_COLUMN.get(col, col if col == "vcg" else None)
+            if row.paper is not None and key in row.paper.values:
+                ax.plot([x - width / 2, x + width / 2], [row.paper.values[key]] * 2, color="k", lw=2)
         if not row.runs:
             ax.annotate("no run", (i, 0), xytext=(0, 3), textcoords="offset points", ha="center",
                         va="bottom", fontsize=7, color="0.4")

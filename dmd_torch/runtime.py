@@ -1,5 +1,15 @@
-"""Process settings for the library's own programs (training, evaluation, benchmarks).
+"""Process settings: the exact solvers' thread policy, and the allocator of the library's programs.
 
+**Threads.** The exact solvers work on batches of at most :data:`MAX_BATCH_ELEMENTS` numbers,
+too small for torch's intra-op threads to pay: with torch's
+default thread count exact evaluation ran 3-30x slower than with one thread (docs/benchmarks.md).
+So :func:`dmd_torch.evaluate`, :func:`dmd_torch.evaluation.objective_values`,
+:func:`dmd_torch.evaluation.ic_audit` and :meth:`dmd_torch.AMA.outcome` run inside
+:func:`exact_threads`: one thread while a batch fits that bound, the caller's count for larger
+problems, and the caller's count restored afterwards. :func:`set_exact_threads` changes the
+policy process-wide (``None``: never touch the thread count).
+
+**Allocator.**
 Exact evaluation runs the same few-megabyte temporaries chunk after chunk
 (:data:`dmd_torch.evaluation.MAX_BATCH_ELEMENTS` per batch). With glibc's default ``malloc`` the
 memory they free is handed back to the kernel at the end of each chunk (heap trimming; blocks
@@ -15,12 +25,17 @@ environment settings alone where they are set.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from typing import Any
 
-__all__ = ["tune_allocator", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+import torch
+
+__all__ = ["tune_allocator", "exact_threads", "set_exact_threads", "MAX_BATCH_ELEMENTS", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 MMAP_THRESHOLD = 32 * 2**20
 """Blocks up to this size come from the heap (glibc's dynamic threshold stops growing here too)."""
@@ -49,3 +64,35 @@ def tune_allocator() -> bool:
         return False
     ok = libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
     return ok and libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1
+
+
+#: Elements (profiles x problems x states x actions) of one batched exact solve.
+MAX_BATCH_ELEMENTS = 500_000
+_EXACT_THREADS: int | None = 1
+
+
+def set_exact_threads(threads: int | None) -> None:
+    """Sets the thread count of the exact solvers' entry points (default 1; ``None``: the
+    caller's count, untouched)."""
+    global _EXACT_THREADS
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"exact threads must be a positive int or None, got {threads!r}")
+    _EXACT_THREADS = threads
+
+
+@contextlib.contextmanager
+def exact_threads(setting: Any) -> Iterator[None]:
+    """Runs the block with the exact solvers' thread policy (module docstring) for ``setting`` (a
+    :class:`~dmd_torch.envs.Setting`): the policy's count when one profile's ``n + 1`` problems fit
+    a batch (``(n + 1) S A <= MAX_BATCH_ELEMENTS``), else the caller's; restored on exit."""
+    S, A = setting.mdp.shape
+    before = torch.get_num_threads()
+    want = _EXACT_THREADS if (setting.n_agents + 1) * S * A <= MAX_BATCH_ELEMENTS else None
+    if want is None or want == before:
+        yield
+        return
+    torch.set_num_threads(want)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm  # noqa: E402
 from dmd_torch.envs.base import Setting  # noqa: E402
 from dmd_torch.evaluation import EvaluationResult  # noqa: E402
 from dmd_torch.methods.base import StepEvent  # noqa: E402
+from dmd_torch.checks import check_int  # noqa: E402
 from dmd_torch.files import atomic_write  # noqa: E402
 
 __all__ = ["RunLogger", "plot_training_curve", "format4"]
@@ -37,10 +38,15 @@ class RunLogger:
         setting: The setting (objective direction, whether weights are optimized).
         tensorboard: Write TensorBoard event files.
         progress: Show the progress bar.
+        log_every: Training steps per TensorBoard point and bar refresh (each point: the means of
+            the steps since the last one); held-out evaluations and grid batches are all written.
     """
 
-    def __init__(self, directory: Path, total: int, setting: Setting, tensorboard: bool = True, progress: bool = True) -> None:
+    def __init__(self, directory: Path, total: int, setting: Setting, tensorboard: bool = True, progress: bool = True,
+                 log_every: int = 1) -> None:
         self.setting = setting
+        self.log_every = check_int("log_every", log_every)
+        self._window: list[tuple[float, float]] = []  # (objective, grad norm) of the steps not yet written
         self.writer = SummaryWriter(log_dir=str(directory)) if tensorboard else None
         self.bar = tqdm(total=total, disable=not progress, dynamic_ncols=True, desc="train", unit="step")
         self.train: list[tuple[int, int, float]] = []  # (step, start, objective)
@@ -63,14 +69,19 @@ class RunLogger:
             self.bar.set_description("grid", refresh=False)
             self.bar.set_postfix(best_grid=f"{ev.objective:.4f}", refresh=False)
         elif ev.phase == "train":
-            self.train.append((ev.step, ev.start, float(ev.objective)))
-            if w is not None:
-                w.add_scalar("train/objective", ev.objective, ev.step)
-                w.add_scalar("train/grad_norm", ev.grad_norm, ev.step)
-                if self.setting.optimize_weights:
-                    self._weights(ev)
-            self.bar.set_description(f"train start {ev.start}", refresh=False)
-            self.bar.set_postfix(obj=f"{ev.objective:.4f}", best=self._fmt(self.best), refresh=False)
+            objective = float(ev.objective)
+            self.train.append((ev.step, ev.start, objective))
+            self._window.append((objective, float(ev.grad_norm)))
+            if ev.step % self.log_every == 0:
+                mean_obj = sum(x for x, _ in self._window) / len(self._window)
+                if w is not None:
+                    w.add_scalar("train/objective", mean_obj, ev.step)
+                    w.add_scalar("train/grad_norm", sum(g for _, g in self._window) / len(self._window), ev.step)
+                    if self.setting.optimize_weights:
+                        self._weights(ev)
+                self._window.clear()
+                self.bar.set_description(f"train start {ev.start}", refresh=False)
+                self.bar.set_postfix(obj=f"{mean_obj:.4f}", best=self._fmt(self.best), refresh=False)
         elif ev.phase == "eval":
             self.evals.append((ev.step, ev.start, float(ev.heldout)))
             self.best = ev.best

@@ -14,7 +14,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
 from dmd_torch import app, make_env, setting_from_config
-from dmd_torch.config import METHOD_CONFIGS, TrainConfig, register_configs
+from dmd_torch.config import METHOD_CONFIGS, VARIANTS, TrainConfig, register_configs
 from dmd_torch.envs import ENVS
 from dmd_torch.methods import make_method
 from dmd_torch.results import read_result
@@ -23,7 +23,7 @@ from dmd_torch.storage import load_mechanism
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 ENV_OPTIONS = sorted([*ENVS, *(p.stem for p in (CONF / "env").glob("*.yaml") if p.stem != "custom")])
-METHOD_OPTIONS = sorted([*METHOD_CONFIGS, *(p.stem for p in (CONF / "method").glob("*.yaml"))])
+METHOD_OPTIONS = sorted([*METHOD_CONFIGS, *VARIANTS, *(p.stem for p in (CONF / "method").glob("*.yaml"))])
 TINY = ["heldout_profiles=60", "eval.profiles=200", "progress=false"]
 TINY_METHOD = {
     "reg_lp": ["method.steps=4", "method.eval_every=2", "method.multistart.starts=1"],
@@ -49,7 +49,7 @@ def _restore_threads():
 def test_config_groups_are_complete():
     assert ENV_OPTIONS == ["gridworld", "matching", "matching_asym", "scheduling", "scheduling_asym", "seq_sales",
                            "seq_sales_asym", "static_auction", "static_unit_demand"]
-    assert METHOD_OPTIONS == ["grid", "reg_lp", "reg_lp_tuned", "zeroth_order"]
+    assert METHOD_OPTIONS == ["grid", "grid_paper", "reg_lp", "reg_lp_paper", "zeroth_order", "zeroth_order_paper"]
 
 
 @pytest.mark.parametrize("env", ENV_OPTIONS)
@@ -57,13 +57,13 @@ def test_config_groups_are_complete():
 def test_every_config_composes_and_instantiates(env, method):
     cfg = _compose([f"env={env}", f"method={method}"])
     job = app.prepare(OmegaConf.merge(cfg, {"output_dir": "unused"}))
-    assert job.method.name == method.removesuffix("_tuned") and job.method.config.variant == method
+    assert job.method.name == method.removesuffix("_paper") and job.method.config.variant == method
     assert job.setting.report_key in {"seq_sales_sym", "seq_sales_asym", "scheduling_sym", "scheduling_asym", "gridworld",
                                       "matching_uniform", "matching_asymmetric", "static_additive", "static_unit_demand"}
     assert job.setting.config() == setting_from_config(OmegaConf.to_container(cfg.env)).config()
 
 
-@pytest.mark.parametrize("name", sorted(METHOD_CONFIGS))
+@pytest.mark.parametrize("name", sorted([*METHOD_CONFIGS, *VARIANTS]))
 def test_python_and_the_command_line_share_the_defaults(name):
     """make_method(name) from Python gets exactly what method=<name> gets on the command line."""
     cfg = _compose([f"method={name}"])
@@ -81,19 +81,20 @@ def test_env_configs_come_from_the_constructor(name):
     assert setting_from_config(OmegaConf.to_container(cfg.env)).config() == make_env(name).config()
 
 
-def test_defaults_carry_the_paper_hyperparameters():
+def test_defaults_are_the_best_known_and_the_paper_variants_carry_the_papers_hyperparameters():
     cfg = _compose([])
     assert cfg.env._target_.endswith("SequentialSales") and cfg.method.name == "reg_lp" and cfg.eval.profiles == 10_000
     reg = _compose(["method=reg_lp"]).method
-    assert (reg.alpha, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.01, 20, 0.01, "auto")
-    tuned = _compose(["method=reg_lp_tuned"]).method
-    assert (tuned.name, tuned.alpha, tuned.alpha_final, tuned.optimizer.lr, tuned.profiles_per_step) == ("reg_lp", 0.05, 0.02, 0.03, 20)
-    assert reg.alpha_final is None  # the paper's alpha throughout
-    assert (tuned.variant, reg.variant) == ("reg_lp_tuned", "reg_lp")  # labels: output directory, report column
-    zo = _compose(["method=zeroth_order"]).method
-    assert (zo.num_perturbations, zo.sigma, zo.profiles_per_step, zo.optimizer.lr) == (20, 0.05, 20, 0.1)
-    grid = _compose(["method=grid"]).method
-    assert (grid.num_points, grid.profiles) == (10_000, 2_000)
+    assert (reg.alpha, reg.alpha_final, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.05, 0.02, 20, 0.03, "auto")
+    paper = _compose(["method=reg_lp_paper"]).method
+    assert (paper.name, paper.alpha, paper.alpha_final, paper.optimizer.lr, paper.profiles_per_step) == ("reg_lp", 0.01, None, 0.01, 20)
+    assert (paper.variant, reg.variant) == ("reg_lp_paper", "reg_lp")  # labels: output directory, report column
+    for name in ("zeroth_order", "zeroth_order_paper"):
+        zo = _compose([f"method={name}"]).method
+        assert (zo.num_perturbations, zo.sigma, zo.profiles_per_step, zo.optimizer.lr) == (20, 0.05, 20, 0.1)
+    grid, grid_paper = _compose(["method=grid"]).method, _compose(["method=grid_paper"]).method
+    assert (grid.num_points, grid.profiles, grid.scramble, grid.tied, grid.refine_rounds) == (10_000, 2_000, True, True, 4)
+    assert (grid_paper.num_points, grid_paper.scramble, grid_paper.tied, grid_paper.refine_rounds) == (10_000, False, False, 0)
 
 
 def _run(tmp_path: Path, overrides: list[str]) -> tuple[dict, Path]:
@@ -136,14 +137,15 @@ def test_run_end_to_end_writes_all_files(tmp_path, env, method, extra):
 def test_tensorboard_records_training_and_hparams(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    _, out = _run(tmp_path, ["env=seq_sales_asym", "env.n_agents=2", "method=reg_lp", *TINY_METHOD["reg_lp"]])
+    _, out = _run(tmp_path, ["env=seq_sales_asym", "env.n_agents=2", "method=reg_lp", "log_every=2", *TINY_METHOD["reg_lp"]])
     acc = EventAccumulator(str(out), size_guidance={"histograms": 0, "scalars": 0})
     acc.Reload()
     tags = acc.Tags()
     for tag in ("train/objective", "train/grad_norm", "heldout/objective", "heldout/best", "params/weight_1", "hparam/mean"):
         assert tag in tags["scalars"], tag
     assert "params/boosts" in tags["histograms"]
-    assert len(acc.Scalars("train/objective")) == 4 and len(acc.Scalars("heldout/objective")) == 3
+    # a training point per log_every = 2 steps (their means), every held-out evaluation
+    assert [e.step for e in acc.Scalars("train/objective")] == [2, 4] and len(acc.Scalars("heldout/objective")) == 3
 
 
 @pytest.mark.parametrize(
@@ -192,7 +194,7 @@ def test_ctrl_c_leaves_no_partial_files(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(torch, "save", interrupted_save)  # Ctrl-C while mechanism.pt is being written
     with pytest.raises(KeyboardInterrupt):
-        _run(tmp_path, ["env.n_agents=2", *TINY_METHOD["reg_lp"]])
+        _run(tmp_path, ["env.n_agents=2", "log_every=1", *TINY_METHOD["reg_lp"]])
     out = tmp_path / "run"
     names = sorted(p.name for p in out.iterdir())
     assert "results.json" not in names and "mechanism.pt" not in names and "training_curve.png" not in names
@@ -240,8 +242,8 @@ def test_train_script_bad_input_is_one_line(tmp_path):
 
 
 def test_variant_labels_the_run(tmp_path):
-    """A method variant (reg_lp_tuned) runs its method and is recorded under its own label."""
-    results, out = _run(tmp_path, ["env.n_agents=2", "method=reg_lp_tuned", *TINY_METHOD["reg_lp"]])
+    """A method variant (reg_lp_paper) runs its method and is recorded under its own label."""
+    results, out = _run(tmp_path, ["env.n_agents=2", "method=reg_lp_paper", *TINY_METHOD["reg_lp"]])
     tr = results["training"]
-    assert (tr["method"], tr["variant"]) == ("reg_lp", "reg_lp_tuned")
-    assert (tr["config"]["alpha"], tr["config"]["alpha_final"]) == (0.05, 0.02)
+    assert (tr["method"], tr["variant"]) == ("reg_lp", "reg_lp_paper")
+    assert (tr["config"]["alpha"], tr["config"]["alpha_final"]) == (0.01, None)

@@ -21,7 +21,14 @@ from dmd_torch.methods import (
     make_method,
 )
 from dmd_torch.methods.base import exact_score, free_parameters, initial_mechanism
-from dmd_torch.methods.grid import score_candidates, sobol_candidates
+from dmd_torch.methods.grid import (
+    boost_groups,
+    candidates_from_unit,
+    free_dimensions,
+    local_points,
+    score_candidates,
+    sobol_candidates,
+)
 from dmd_torch.methods.zeroth_order import gaussian_smoothing_gradient
 from dmd_torch.objective import leader_objective
 from dmd_torch.regularized import regularized_occupancy
@@ -244,7 +251,7 @@ def test_annealed_alpha_reaches_the_forward_pass(monkeypatch):
     est = method.estimator
     assert [est.alpha_at(t) for t in (1, 5)] == pytest.approx([0.08, 0.005])
     assert est.alpha_at(3) == pytest.approx(math.sqrt(0.08 * 0.005))
-    assert RegularizedLP(alpha=0.03).estimator.alpha_at(4) == 0.03  # no alpha_final: constant
+    assert RegularizedLP(alpha=0.03, alpha_final=None).estimator.alpha_at(4) == 0.03  # no alpha_final: constant
     seen: list[float] = []
     forward = AMA.forward
 
@@ -325,7 +332,67 @@ def test_registry_and_configs():
     assert SchedulerConfig("CosineAnnealingLR", {"T_max": 7}).build(opt, 123).T_max == 7
     assert MultiStart(MultiStartConfig()).grid is None
     assert ZerothOrder().config.num_perturbations == 20 and ZerothOrder().config.sigma == 0.05
-    assert RegularizedLP().config.alpha == 0.01
+    assert (RegularizedLP().config.alpha, RegularizedLP().config.alpha_final) == (0.05, 0.02)
+
+
+def test_paper_variants_hold_the_papers_hyperparameters():
+    """method=<name>_paper is the paper's section 5; the defaults are this library's best known."""
+    paper = make_method("reg_lp_paper").config
+    assert (paper.name, paper.variant, paper.alpha, paper.alpha_final) == ("reg_lp", "reg_lp_paper", 0.01, None)
+    assert (paper.optimizer.name, paper.optimizer.lr, paper.profiles_per_step) == ("Adam", 0.01, 20)
+    zo = make_method("zeroth_order_paper").config
+    assert (zo.num_perturbations, zo.sigma, zo.optimizer.name, zo.optimizer.lr) == (20, 0.05, "SGD", 0.1)
+    grid = make_method("grid_paper", num_points=7).config
+    assert (grid.scramble, grid.tied, grid.refine_rounds, grid.num_points) == (False, False, 0, 7)
+    assert isinstance(make_method("grid_paper"), GridSearch) and make_method("grid").config.refine_rounds > 0
+    with pytest.raises(ValueError, match="unknown method 'reg_lp_tuned'; allowed: grid, zeroth_order, reg_lp, grid_paper"):
+        make_method("reg_lp_tuned")
+
+
+@pytest.mark.parametrize("variant", ["grid", "grid_paper"])
+def test_grid_starts_at_vcg_and_never_loses_to_it_on_its_profiles(variant):
+    """The first candidate is the centre of the box (zero boosts, equal weights: VCG), as in the
+    authors' unscrambled sequence, so the best training score is at least VCG's."""
+    setting = SMALL["sales_asym"]()
+    held = _heldout(setting, 50)
+    one = make_method(variant, num_points=1, profiles=64, refine_rounds=0)
+    ama = AMA(setting)
+    one.run(ama, heldout=held, seed=0)
+    vcg = AMA.vcg(setting)
+    torch.testing.assert_close(ama.boosts, vcg.boosts, rtol=0, atol=0)
+    torch.testing.assert_close(ama.weights, torch.full_like(ama.weights, 1 / setting.n_agents), rtol=1e-12, atol=1e-12)
+    method = make_method(variant, num_points=200, profiles=64)
+    types = method.training_profiles(setting, 0)
+    result = method.run(AMA(setting), heldout=held, seed=0)
+    vcg_score = float(leader_objective(setting, vcg.log_weights, vcg.boosts, types).mean())
+    assert result.top[0][0] >= vcg_score - 1e-12
+
+
+def test_grid_local_rounds_and_tied_boosts():
+    """Local points move a random set of coordinates within the half-width; tied coordinates are
+    one per (height, action) and add to the per-(state, action) ones."""
+    centre = torch.full((30,), 0.5, dtype=torch.float64)
+    u = local_points(centre, 500, 0.1, seed=3)
+    moved = (u - centre).abs() > 0
+    assert ((u - centre).abs() <= 0.1 + 1e-15).all() and moved.any(-1).all()
+    assert moved.sum(-1).min() == 1 and moved.sum(-1).max() > 15  # from one coordinate to most
+    setting = make_env("seq_sales", n_agents=3, size=2)
+    S, A = setting.mdp.shape
+    tied, full = boost_groups(setting, tied=True)
+    assert int(tied.max()) + 1 == 2 * A and torch.equal(full, torch.arange(S * A))
+    ama = AMA(setting)
+    assert free_dimensions(ama, tied=True) == (2 * A + S * A, 0)
+    u = torch.full((1, 2 * A + S * A), 0.5, dtype=torch.float64)
+    u[0, 0] = 1.0  # the tied coordinate of (height 0, action 0): every last-step state's action 0
+    _, b = candidates_from_unit(ama, u, tied=True)
+    heights = setting.mdp.heights
+    high = float(setting.search_box()[1][0, 0])
+    assert torch.equal(b[0, heights == 0, 0], torch.full_like(b[0, heights == 0, 0], high))
+    assert b[0].abs().sum() == high * int((heights == 0).sum())
+    assert make_method("grid").rounds() == [5000, 1250, 1250, 1250, 1250]
+    assert make_method("grid_paper").rounds() == [10_000]
+    gridworld = make_env("gridworld", n_agents=2, size=3)  # cyclic: no heights, one coordinate per (s, a)
+    assert len(boost_groups(gridworld, tied=True)) == 1
 
 
 def test_score_candidates_rejects_nan_candidates():

@@ -45,7 +45,8 @@ _ENVS = {
 def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: float, *,
                  stderr: float = 0.003, vcg_stderr: float = 0.004, optimum: float | None = None,
                  runtime: float = 600.0, seed: int = 0, variant: str | None = None) -> dict:
-    """A results.json as dmd_torch.app.run writes it (``variant``: a labelled configuration of ``method``)."""
+    """A results.json as dmd_torch.app.run writes it (``variant``: a labelled configuration of
+    ``method``; default the paper's hyperparameters, ``<method>_paper``, the paper's column)."""
     name, dist, objective, maximize = _ENVS[setting]
     env = make_env(name, n_agents=n, size=m, distribution=dist)
     sign = 1.0 if maximize else -1.0
@@ -54,7 +55,7 @@ def fake_results(setting: str, n: int, m: int, method: str, mean: float, vcg: fl
         None if abs(vcg) < 1e-12 else 100 * sign * (mean - vcg) / abs(vcg),
         optimum, None if optimum is None else 0.0035, None if optimum is None else mean / optimum,
     )
-    training = Training(method, variant or method, {"name": method}, seed, 2000, mean + 0.002,
+    training = Training(method, variant or f"{method}_paper", {"name": method}, seed, 2000, mean + 0.002,
                         0 if method == "grid" else 500, 10000 if method == "grid" else 0, 1, 0, runtime)
     return RunResult.of(env, evaluation, training).to_dict()
 
@@ -113,7 +114,7 @@ def test_paper_sign_convention_reproduces_published_best_improvements():
     for row in paper_tables():
         spec = TABLES[row.table]
         pick = max if spec.maximize else min
-        best = pick(row.values[k] for k in report.METHODS)
+        best = pick(row.values[report.PAPER_COLUMN[k]] for k in report.METHODS)
         ours = improvement_pct(best, row.values["vcg"])
         if row.best_improvement is None:
             assert ours is None
@@ -137,13 +138,13 @@ def test_improvement_signs():
 def test_best_improvement_direction(table1_runs, tmp_path):
     runs = {r.label: r for r in collect_results(table1_runs) if (r.n_agents, r.size) == (3, 2)}
     method, pct = best_improvement(runs, 1.0)
-    assert method == "zeroth_order" and pct == pytest.approx(100 * (0.6801 - 0.5001) / 0.5001)
+    assert method == "zeroth_order_paper" and pct == pytest.approx(100 * (0.6801 - 0.5001) / 0.5001)
     root = tmp_path / "t3"
     for method_, mean in (("grid", 1.0410), ("zeroth_order", 0.9150), ("reg_lp", 0.9300)):
         put(root, fake_results("scheduling_sym", 2, 4, method_, mean, 1.0330))
     runs = {r.label: r for r in collect_results(root)}
     method, pct = best_improvement(runs, -1.0)
-    assert method == "zeroth_order" and pct == pytest.approx(100 * (0.9150 - 1.0330) / 1.0330) and pct < 0
+    assert method == "zeroth_order_paper" and pct == pytest.approx(100 * (0.9150 - 1.0330) / 1.0330) and pct < 0
     assert best_improvement({}, 1.0) == (None, None)
 
 
@@ -191,19 +192,19 @@ def test_table1_markdown_and_csv(table1_runs):
     rows_csv = _csv_rows(table_csv(spec, rows))
     assert len(rows_csv) == 8
     c32 = rows_csv[(3, 2)]
-    assert float(c32["zeroth_order"]) == 0.6801 and c32["zeroth_order_paper"] == "0.6777"
-    assert float(c32["grid_stderr"]) == 0.003 and float(c32["grid_runtime_seconds"]) == 90000.0
-    assert c32["best_method"] == "zeroth_order"
+    assert float(c32["zeroth_order_paper"]) == 0.6801 and c32["zeroth_order_paper_published"] == "0.6777"
+    assert float(c32["grid_paper_stderr"]) == 0.003 and float(c32["grid_paper_runtime_seconds"]) == 90000.0
+    assert c32["best_method"] == "zeroth_order_paper"
     assert float(c32["best_improvement_pct"]) == pytest.approx(35.99, abs=0.01)
-    assert float(c32["best_improvement_pct_paper"]) == 35.56
+    assert float(c32["best_improvement_pct_published"]) == 35.56
     assert float(c32["known_optimum_reference"]) == 0.71875
     assert float(c32["optimality_ratio"]) == pytest.approx(0.6801 / 0.7188)
-    assert Path(c32["reg_lp_run_dir"]) == table1_runs / "n3_m2" / "reg_lp"
+    assert Path(c32["reg_lp_paper_run_dir"]) == table1_runs / "n3_m2" / "reg_lp_paper"
     c22 = rows_csv[(2, 2)]
-    assert c22["best_improvement_pct"] == "" and c22["best_improvement_pct_paper"] == ""
-    assert c22["grid"] == "" and c22["grid_paper"] == "0.4902"
+    assert c22["best_improvement_pct"] == "" and c22["best_improvement_pct_published"] == ""
+    assert c22["grid_paper"] == "" and c22["grid_paper_published"] == "0.4902"
     c52 = rows_csv[(5, 2)]
-    assert c52["vcg"] == c52["reg_lp"] == c52["best_method"] == "" and c52["reg_lp_paper"] == "0.9967"
+    assert c52["vcg"] == c52["reg_lp_paper"] == c52["best_method"] == "" and c52["reg_lp_paper_published"] == "0.9967"
 
 
 def test_reproduction_checks(table1_runs, tmp_path):
@@ -217,7 +218,7 @@ def test_reproduction_checks(table1_runs, tmp_path):
     assert rows[(5, 2)].vcg_z is None and rows[(5, 2)].best_gap is None  # no run
     assert r43.optimality_ratio == pytest.approx(0.9120 / 0.9870)
     md = render_markdown(spec, list(rows.values()))
-    assert "three methods only" not in md  # no variant run: no separate check
+    assert "hyperparameters only" not in md  # no run of the defaults: no separate check
     assert "combined standard errors of the published one (ours and the caption's bound 0.007): 3/3 cells." in md
     assert "paper's best method: 2/3 cells; short: n=2 m=2 (0.4911 vs 0.4939)." in md
     assert (f"optimality ratio >= 0.99: 0/3 cells; short: n=2 m=2 ({0.4911 / 0.5001:.3f}); "
@@ -231,8 +232,8 @@ def test_reproduction_checks(table1_runs, tmp_path):
     put(root, fake_results("scheduling_sym", 2, 5, "reg_lp", 2.0000, 1.5000, vcg_stderr=0.005))
     rows3 = {(r.n, r.m): r for r in build_rows(TABLES[3], collect_results(root))}
     p24, p25 = rows3[(2, 4)].paper, rows3[(2, 5)].paper
-    assert rows3[(2, 4)].best_gap == pytest.approx(min(p24.values[k] for k in METHODS) - 0.9)
-    assert rows3[(2, 5)].best_gap == pytest.approx(min(p25.values[k] for k in METHODS) - 2.0)
+    assert rows3[(2, 4)].best_gap == pytest.approx(min(p24.values[report.PAPER_COLUMN[k]] for k in METHODS) - 0.9)
+    assert rows3[(2, 5)].best_gap == pytest.approx(min(p25.values[report.PAPER_COLUMN[k]] for k in METHODS) - 2.0)
     assert rows3[(2, 5)].best_gap < 0
     assert rows3[(2, 5)].vcg_z == pytest.approx((1.5 - p25.values["vcg"]) / math.hypot(0.005, 0.02))
     md3 = render_markdown(TABLES[3], list(rows3.values()))
@@ -255,9 +256,9 @@ def test_makespan_table_keeps_the_papers_negative_sign(tmp_path):
     assert _md_row(md, 2, 5)[2:] == ["— (1.0116)", "— (1.0142)", "— (0.8820)", "— (0.9286)", "— (-12.81%)", "— / — / —"]
     rows_csv = _csv_rows(table_csv(spec, rows))
     c24 = rows_csv[(2, 4)]
-    assert c24["best_method"] == "zeroth_order" and float(c24["best_improvement_pct"]) < 0
-    assert float(c24["grid_improvement_pct"]) > 0  # grid's makespan is longer than VCG's
-    assert float(c24["best_improvement_pct_paper"]) == -11.65
+    assert c24["best_method"] == "zeroth_order_paper" and float(c24["best_improvement_pct"]) < 0
+    assert float(c24["grid_paper_improvement_pct"]) > 0  # grid's makespan is longer than VCG's
+    assert float(c24["best_improvement_pct_published"]) == -11.65
     assert c24["known_optimum"] == c24["optimality_ratio"] == ""
 
 
@@ -336,25 +337,25 @@ def test_is_complete(tmp_path):
 
 
 def test_collect_skips_incomplete_and_keeps_newest_duplicate(table1_runs, caplog):
-    (table1_runs / "n5_m3" / "grid").mkdir(parents=True)
-    (table1_runs / "n5_m3" / "grid" / "results.json").write_text("{")
+    (table1_runs / "n5_m3" / "grid_paper").mkdir(parents=True)
+    (table1_runs / "n5_m3" / "grid_paper" / "results.json").write_text("{")
     rerun = put(table1_runs, fake_results("seq_sales_sym", 3, 2, "reg_lp", 0.6790, 0.5001, optimum=0.7188),
-                subdir="rerun/n3_m2/reg_lp")
-    old = table1_runs / "n3_m2" / "reg_lp" / "results.json"
+                subdir="rerun/n3_m2/reg_lp_paper")
+    old = table1_runs / "n3_m2" / "reg_lp_paper" / "results.json"
     os.utime(old, (1_000_000, 1_000_000))
     with caplog.at_level(logging.WARNING, logger="dmd_torch.report"):
         records = collect_results(table1_runs)
     assert len(records) == 6
-    reg = [r for r in records if (r.n_agents, r.size, r.label) == (3, 2, "reg_lp")]
+    reg = [r for r in records if (r.n_agents, r.size, r.label) == (3, 2, "reg_lp_paper")]
     assert len(reg) == 1 and reg[0].source == rerun / "results.json" and reg[0].evaluation.mean == 0.6790
-    assert "n5_m3/grid/results.json" in caplog.text and "two runs" in caplog.text
+    assert "n5_m3/grid_paper/results.json" in caplog.text and "two runs" in caplog.text
     with pytest.raises(ValueError, match="two runs"):
         build_rows(TABLES[1], [*records, read_result(old)])
 
 
 def test_read_result_fields(table1_runs):
-    rec = read_result(table1_runs / "n3_m2" / "grid")
-    assert (rec.setting, rec.n_agents, rec.size, rec.label, rec.training.seed) == ("seq_sales_sym", 3, 2, "grid", 0)
+    rec = read_result(table1_runs / "n3_m2" / "grid_paper")
+    assert (rec.setting, rec.n_agents, rec.size, rec.label, rec.training.seed) == ("seq_sales_sym", 3, 2, "grid_paper", 0)
     ev = rec.evaluation
     assert ev.mean == 0.6102 and ev.vcg_mean == 0.5001 and ev.known_optimum == 0.7188
     assert rec.training.runtime_seconds == 90000.0 and ev.profiles == 10000
@@ -387,29 +388,36 @@ def test_make_tables_cli(table1_runs, tmp_path):
     assert proc.returncode == 2 and "no such directory" in proc.stderr
 
 
-def test_method_variant_is_an_extra_column_counted_in_the_best(table1_runs, tmp_path):
-    """A variant run (reg_lp_tuned) gets its own column after the paper's three, no published figure,
+def test_defaults_are_extra_columns_counted_in_the_best(table1_runs, tmp_path):
+    """A run of a default (reg_lp) gets its own column after the paper's three, no published figure,
     and counts for the best method, the improvement and the optimality ratio."""
     put(table1_runs, fake_results("seq_sales_sym", 3, 2, "reg_lp", 0.7150, 0.5001, optimum=0.7188, runtime=30.0,
-                                  variant="reg_lp_tuned"))
+                                  variant="reg_lp"))
+    put(table1_runs, fake_results("seq_sales_sym", 3, 2, "reg_lp", 0.7000, 0.5001, optimum=0.7188, runtime=30.0,
+                                  variant="a_variant"))
     spec = TABLES[1]
     rows = build_rows(spec, collect_results(table1_runs))
-    assert report.table_methods(rows) == (*METHODS, "reg_lp_tuned")
+    assert report.table_methods(rows) == (*METHODS, "reg_lp", "a_variant")
     r32 = next(r for r in rows if (r.n, r.m) == (3, 2))
-    assert r32.best_method == "reg_lp_tuned" and r32.optimality_ratio == pytest.approx(0.7150 / 0.7188)
-    assert r32.runs["reg_lp"].evaluation.mean == 0.6750  # the paper's configuration keeps its own column
+    assert r32.best_method == "reg_lp" and r32.optimality_ratio == pytest.approx(0.7150 / 0.7188)
+    assert r32.runs["reg_lp_paper"].evaluation.mean == 0.6750  # the paper's configuration keeps its own column
     md = render_markdown(spec, rows)
     header = _md_row(md.replace("| n | m |", "| 0 | 0 |"), 0, 0)
-    assert header[3:8] == ["grid", "zeroth order", "regularized LP", "regularized LP (tuned)", "best improvement"]
+    assert header[3:9] == ["grid", "zeroth order", "regularized LP", "regularized LP (ours)", "a_variant",
+                           "best improvement"]
     cells = _md_row(md, 3, 2)
-    assert cells[6] == "**0.7150** ± 0.0030 (—)" and cells[7].endswith("[reg. LP tuned] (35.56%)")
-    assert cells[-1] == "25.00 h / 9.0 min / 50.0 min / 30.0 s"
-    assert "regularized LP (tuned): this library's configuration" in md
-    # the checks again without the variant: the paper's methods' own figures stay visible
-    assert "* Check, optimality ratio >= 0.99: 1/3 cells" in md  # n=3 m=2 passes with the variant
-    assert ("* Check, with the paper's three methods only, optimality ratio >= 0.99: 0/3 cells; short: "
+    assert cells[6] == "**0.7150** ± 0.0030 (—)" and cells[8].endswith("[reg. LP ours] (35.56%)")
+    assert cells[-1] == "25.00 h / 9.0 min / 50.0 min / 30.0 s / 30.0 s"
+    assert "regularized LP (ours), a_variant: this library's configurations" in md
+    # the checks again with the paper's hyperparameters only: their own figures stay visible
+    assert "* Check, optimality ratio >= 0.99: 1/3 cells" in md  # n=3 m=2 passes with the default
+    assert "* Check, regularized LP (ours) better than VCG: 1/1 cells." in md
+    put(table1_runs, fake_results("seq_sales_sym", 4, 3, "grid", 0.6010, 0.6010, variant="grid"))  # only ties VCG
+    md = render_markdown(spec, build_rows(spec, collect_results(table1_runs)))
+    assert "* Check, grid (ours) better than VCG: 0/1 cells; short: n=4 m=3 (0.6010 vs 0.6010)." in md
+    assert ("* Check, with the paper's hyperparameters only, optimality ratio >= 0.99: 0/3 cells; short: "
             f"n=2 m=2 ({0.4911 / 0.5001:.3f}); n=3 m=2 ({0.6801 / 0.7188:.3f}); n=4 m=3 ({0.9120 / 0.9870:.3f}).") in md
     c32 = _csv_rows(table_csv(spec, rows))[(3, 2)]
-    assert float(c32["reg_lp_tuned"]) == 0.7150 and c32["reg_lp_tuned_paper"] == "" and c32["best_method"] == "reg_lp_tuned"
+    assert float(c32["reg_lp"]) == 0.7150 and c32["reg_lp_published"] == "" and c32["best_method"] == "reg_lp"
     png = report.plot_table(spec, rows, tmp_path / "t1.png")
     assert png.read_bytes()[:8] == PNG_MAGIC

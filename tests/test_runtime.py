@@ -42,3 +42,31 @@ def test_tuned_allocator_reuses_freed_memory(monkeypatch):
 def test_environment_settings_are_kept(monkeypatch):
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert runtime.tune_allocator() is False
+
+
+def test_exact_threads_policy_scopes_and_restores():
+    """The exact entry points run with one thread where a batch is small, and give the caller's
+    thread count back; the policy can be switched off."""
+    from dmd_torch import AMA, evaluate, make_env
+
+    before = torch.get_num_threads()
+    setting = make_env("seq_sales", n_agents=2, size=2)
+    try:
+        torch.set_num_threads(2)
+        with runtime.exact_threads(setting):
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+        runtime.set_exact_threads(None)
+        with runtime.exact_threads(setting):
+            assert torch.get_num_threads() == 2
+        runtime.set_exact_threads(1)
+        big = make_env("static_auction", n_agents=3, size=10)  # (n + 1) S A = 4^11 > one batch: caller's threads
+        with runtime.exact_threads(big):
+            assert torch.get_num_threads() == 2
+        evaluate(AMA(setting), profiles=20)
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="exact threads must be a positive int or None"):
+            runtime.set_exact_threads(0)
+    finally:
+        runtime.set_exact_threads(1)
+        torch.set_num_threads(before)

@@ -31,7 +31,7 @@ from dmd_torch.objective import REVENUE, LeaderObjective
 if TYPE_CHECKING:
     from dmd_torch.description import Description
 
-__all__ = ["Setting", "history_tree_mdp", "uniform"]
+__all__ = ["Setting", "history_tree_mdp", "history_tree_states", "uniform"]
 
 
 class Setting(ABC):
@@ -164,14 +164,45 @@ class Setting(ABC):
         return block
 
     @classmethod
+    def shape_of(cls, **options: Any) -> tuple[int, int] | None:
+        """``(S, A)`` of the MDP the constructor would build with ``options`` (every constructor
+        argument, defaults filled in), from the sizes alone; ``None`` where the setting cannot
+        tell before building it. :meth:`create` refuses a size that cannot fit in memory with it."""
+        return None
+
+    @classmethod
     def create(cls, **kwargs: Any) -> Setting:
-        """``cls(**kwargs)``, with a one-line ``ValueError`` naming an argument the constructor does not take."""
+        """``cls(**kwargs)``, with a one-line ``ValueError`` naming an argument the constructor does not
+        take, or a size whose MDP and one solve would not fit in memory (:func:`dmd_torch.cost.check_fits`;
+        checked before the MDP is built where :meth:`shape_of` knows its shape, else just after)."""
+        from dmd_torch.cost import check_fits
+
         allowed = _init_parameters(cls)
         unknown = sorted(set(kwargs) - set(allowed))
         if unknown:
             raise ValueError(f"unknown option(s) {', '.join(unknown)} for {cls.name} ({cls.__name__}); "
                              f"allowed: {', '.join(allowed) or 'none'}")
-        return cls(**kwargs)
+        bound = inspect.signature(cls).bind_partial(**kwargs)
+        bound.apply_defaults()
+        n, size = bound.arguments.get("n_agents"), bound.arguments.get("size")
+        sized = all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in (n, size))
+        shape = cls.shape_of(**bound.arguments) if sized else None
+        if shape is not None:
+            check_fits(cls.name, n, size, *shape, needs_without=cls.objective.needs_without)
+        setting = cls(**kwargs)
+        if shape is None:
+            S, A = setting.mdp.shape
+            check_fits(setting.name, setting.n_agents, setting.size, S, A, setting.mdp.next_states.shape[-1],
+                       setting.objective.needs_without)
+        return setting
+
+    def cost(self, method: Any = "reg_lp", heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> Any:
+        """The estimated time and memory of training with ``method`` (a name, a method or its config)
+        and evaluating: a :class:`dmd_torch.cost.CostEstimate`."""
+        from dmd_torch.cost import estimate
+        from dmd_torch.methods import make_method
+
+        return estimate(self, make_method(method) if isinstance(method, str) else method, heldout_profiles, eval_profiles)
 
     # ---------------------------------------------------------------- checked at the boundary
     def check_types(self, types: torch.Tensor) -> torch.Tensor:
@@ -244,6 +275,11 @@ def _check_output(setting: Setting, what: str, x: Any, shape: tuple[int, ...], d
         raise ValueError(f"{where} must return the MDP's dtype {setting.mdp.dtype}, got {x.dtype}")
     if x.device != device:
         raise ValueError(f"{where} must return a tensor on {device}, got one on {x.device}")
+
+
+def history_tree_states(branching: int, horizon: int) -> int:
+    """States of :func:`history_tree_mdp` with ``branching`` actions: ``sum_{t < horizon} branching^t``."""
+    return sum(branching**t for t in range(horizon))
 
 
 def history_tree_mdp(actions: list[int], horizon: int) -> tuple[TabularMDP, torch.Tensor]:

@@ -40,6 +40,11 @@ class Gridworld(Setting):
     distributions = ("one_cell", "uniform")
     min_size = 2  # a goal cell other than the start
 
+    @classmethod
+    def shape_of(cls, n_agents: int, size: int, **options: Any) -> tuple[int, int]:
+        """A cell of the ``g x g`` torus per state, one action per move."""
+        return size * size, len(MOVES)
+
     def __init__(
         self, n_agents: int = 2, size: int = 3, distribution: str = "one_cell", gamma: float = 0.9
     ) -> None:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from matplotlib.figure import Figure
 
-from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
+from dmd_torch.envs.base import Setting, history_tree_mdp, history_tree_states, uniform
 
 if TYPE_CHECKING:
     from dmd_torch.description import Description
@@ -32,6 +32,11 @@ class SequentialSales(Setting):
 
     name = "seq_sales"
     distributions = ("symmetric", "asymmetric")
+
+    @classmethod
+    def shape_of(cls, n_agents: int, size: int, **options: Any) -> tuple[int, int]:
+        """A history per sale so far: ``sum_{t < m} (n + 1)^t`` states, ``n + 1`` actions."""
+        return history_tree_states(n_agents + 1, size), n_agents + 1
 
     def __init__(self, n_agents: int = 3, size: int = 2, distribution: str = "symmetric") -> None:
         super().__init__(n_agents, size, distribution)

@@ -18,7 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from dmd_torch.checks import check_bool
-from dmd_torch.envs.base import Setting, history_tree_mdp, uniform
+from dmd_torch.envs.base import Setting, history_tree_mdp, history_tree_states, uniform
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import pick
 from dmd_torch.objective import Loss
@@ -67,6 +67,11 @@ class TaskScheduling(Setting):
     name = "scheduling"
     distributions = ("symmetric", "asymmetric")
     objective = Loss("makespan")
+
+    @classmethod
+    def shape_of(cls, n_agents: int, size: int, **options: Any) -> tuple[int, int]:
+        """A history per assignment so far: ``sum_{t < T} n^t`` states, ``n`` actions."""
+        return history_tree_states(n_agents, size), n_agents
 
     def __init__(
         self, n_agents: int = 2, size: int = 4, distribution: str = "symmetric", clamped: bool = False

@@ -51,6 +51,13 @@ class StaticAuction(Setting):
     name = "static_auction"
     distributions = ("uniform",)
 
+    @classmethod
+    def shape_of(cls, n_agents: int, size: int, **options: Any) -> tuple[int, int] | None:
+        """One state; an action per allocation, ``(n + 1)^m`` (``None`` past :data:`MAX_ALLOCATIONS`:
+        the constructor's own guard names the size)."""
+        count = (n_agents + 1) ** size
+        return None if count > MAX_ALLOCATIONS else (1, count)
+
     def __init__(self, n_agents: int = 2, size: int = 1, valuation: str = "additive", distribution: str = "uniform") -> None:
         super().__init__(n_agents, size, distribution)
         if valuation not in VALUATIONS:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dmd_torch.config import MethodConfig
+from dmd_torch.config import VARIANTS, MethodConfig, method_config
 from dmd_torch.methods.base import Callback, Method, MethodResult, StepEvent, initial_mechanism
 from dmd_torch.methods.gradient import GradientEstimator, GradientMethod
 from dmd_torch.methods.grid import GridSearch
@@ -49,7 +49,9 @@ def make_method(method: str | MethodConfig, **overrides: Any) -> Method:
     """Builds a method by name (with ``overrides`` over its defaults) or from its configuration.
 
     Args:
-        method: ``grid``, ``zeroth_order``, ``reg_lp``, or a :class:`~dmd_torch.config.MethodConfig`.
+        method: ``grid``, ``zeroth_order``, ``reg_lp`` (this library's best known defaults), a
+            named variant such as ``reg_lp_paper`` (the paper's hyperparameters,
+            :data:`dmd_torch.config.VARIANTS`), or a :class:`~dmd_torch.config.MethodConfig`.
         **overrides: Configuration values, e.g. ``steps=500``, ``optimizer={"name": "SGD", "lr": 0.1}``.
 
     Raises:
@@ -59,11 +61,11 @@ def make_method(method: str | MethodConfig, **overrides: Any) -> Method:
     if isinstance(method, MethodConfig):
         if overrides:
             raise ValueError("pass either a method config or overrides, not both")
-        name = method.name
+        config = method
+    elif method in METHODS or method in VARIANTS:
+        config = method_config(method, overrides)
     else:
-        name = method
-    if name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; allowed: {', '.join(METHODS)}")
-    if isinstance(method, MethodConfig):
-        return METHODS[name](method)
-    return METHODS[name](**overrides)
+        raise ValueError(f"unknown method {method!r}; allowed: {', '.join([*METHODS, *VARIANTS])}")
+    if config.name not in METHODS:
+        raise ValueError(f"unknown method {config.name!r}; allowed: {', '.join(METHODS)}")
+    return METHODS[config.name](config)

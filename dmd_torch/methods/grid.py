@@ -1,12 +1,19 @@
-"""Random grid search over Sobol points (paper, section 5 "Grid search"; Algorithm 1, line 2).
+"""Grid search over Sobol points (paper, section 5 "Grid search"; Algorithm 1, line 2), refined locally.
 
-Candidates ``(w, b)`` are scrambled, seeded Sobol points (:class:`torch.quasirandom.SobolEngine`):
-boosts uniform in the setting's search box (:meth:`~dmd_torch.envs.Setting.search_box`; the paper's
-``[-B, B]``) and, where the setting optimizes weights, weights mapped into ``(0, 1]`` and normalized
-to sum to one. Every candidate is scored EXACTLY (the follower's LP, paper equation 2) on the same
-training profiles (common random numbers; the paper uses 10,000 points and 2,000 profiles), several
-candidates per batched solve of :func:`~dmd_torch.objective.leader_objective`. The best candidate
-is kept; the ``top_k`` best serve as starting points of the gradient methods (Algorithm 1).
+Candidates ``(w, b)`` are points ``u`` of the unit cube (:class:`torch.quasirandom.SobolEngine`)
+mapped by :func:`candidates_from_unit`: boosts uniform in the setting's search box
+(:meth:`~dmd_torch.envs.Setting.search_box`; the paper's ``[-B, B]``) scaled about its centre
+and, where the setting optimizes weights, ``w = 1 - u`` normalized to sum to one. The centre of the
+cube is the centre of the box with equal weights: VCG wherever the box is symmetric. Every
+candidate is scored EXACTLY (the follower's LP, paper equation 2) on the same training profiles
+(common random numbers; the paper uses 10,000 points and 2,000 profiles), several candidates per
+batched solve of :func:`~dmd_torch.objective.leader_objective`.
+
+The search (:class:`GridSearch`, :class:`~dmd_torch.config.GridConfig`) scores the centre, then
+global Sobol points, then rounds of Sobol points in shrinking cubes around the best candidate so
+far. The paper variant is the authors' sequence: unscrambled Sobol without its all-zero point
+(so the centre comes first), no refinement. The best candidate is kept; the ``top_k`` best serve
+as starting points of the gradient methods (Algorithm 1).
 """
 
 from __future__ import annotations
@@ -24,15 +31,113 @@ from dmd_torch.mechanism import AMA
 from dmd_torch.methods.base import Callback, Method, MethodResult, StepEvent, exact_score, restore, stream_seed
 from dmd_torch.objective import leader_objective
 
-__all__ = ["GridSearch", "sobol_candidates", "score_candidates", "CANDIDATE_FOLLOWER"]
+__all__ = [
+    "GridSearch",
+    "sobol_candidates",
+    "sobol_unit",
+    "local_points",
+    "candidates_from_unit",
+    "boost_groups",
+    "free_dimensions",
+    "score_candidates",
+    "CANDIDATE_FOLLOWER",
+]
 
 #: Grid search's follower: each candidate's large boosts dominate the rewards, so policy iteration
 #: starts from the candidate's mean-reward policy (2-3x faster on the gridworld).
 CANDIDATE_FOLLOWER = ExactFollower(candidate_start=True)
 
+_U_MAX = 1.0 - 1e-6  # u below 1: every weight 1 - u stays positive
+
+
+def boost_groups(setting: Setting, tied: bool) -> list[torch.Tensor]:
+    """The search coordinates of the boosts: per group, each boost's coordinate ``[S * A]``. One
+    coordinate per (state, action); with ``tied`` in an acyclic MDP also one per (height, action),
+    shared by the states as many steps from the end. A boost is the sum of its coordinates."""
+    S, A = setting.mdp.shape
+    groups = [torch.arange(S * A)]
+    heights = setting.mdp.heights
+    if tied and heights is not None:
+        groups.insert(0, (heights.cpu().unsqueeze(-1) * A + torch.arange(A)).flatten())
+    return groups
+
+
+def free_dimensions(ama: AMA, tied: bool = False) -> tuple[int, int]:
+    """``(boost coordinates, weight coordinates)`` a search moves (those with ``requires_grad``;
+    boost coordinates as in :func:`boost_groups`)."""
+    dim_b = sum(int(g.max()) + 1 for g in boost_groups(ama.setting, tied)) if ama.boosts.requires_grad else 0
+    dim_w = ama.setting.n_agents if ama.log_weights.requires_grad else 0
+    if dim_b + dim_w == 0:
+        raise ValueError("the mechanism has no free parameters to search over")
+    return dim_b, dim_w
+
+
+def sobol_unit(dim: int, num_points: int, seed: int, scramble: bool = True) -> torch.Tensor:
+    """``num_points`` Sobol points of ``[0, 1)^dim``, ``[N, dim]`` (float64): seeded and scrambled,
+    or the unscrambled sequence without its first, all-zero point (Sobol.jl's, the authors')."""
+    engine = SobolEngine(dim, scramble=scramble, seed=int(seed) if scramble else None)
+    if not scramble:
+        engine.fast_forward(1)
+    return engine.draw(num_points, dtype=torch.float64)
+
+
+def candidates_from_unit(
+    ama: AMA, u: torch.Tensor, box_scale: float = 1.0, tied: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The candidates of unit-cube points ``u [N, dim_b + dim_w]`` (:func:`free_dimensions`).
+
+    Boosts: the box's centre plus, per coordinate of :func:`boost_groups`,
+    ``(2u - 1) * box_scale * half-width`` of the box spanning its boosts' boxes; weights: ``w = 1 - u``
+    normalized to sum to one (the centre ``u = 1/2``: equal weights). Fixed parameters keep
+    ``ama``'s values.
+
+    Returns:
+        ``log_weights [N, n]`` and ``boosts [N, S, A]`` in ``ama``'s dtype and device.
+    """
+    setting = ama.setting
+    n = setting.n_agents
+    S, A = setting.mdp.shape
+    dim_b, dim_w = free_dimensions(ama, tied)
+    N = u.shape[0]
+    u = u.to(device=ama.boosts.device, dtype=torch.float64)
+    if dim_b:
+        low, high = (x.to(u).flatten() for x in setting.search_box())
+        boosts = torch.zeros(N, S * A, dtype=u.dtype, device=u.device)
+        first = 0
+        for group in boost_groups(setting, tied):  # each coordinate spans the boxes of its boosts
+            group = group.to(u.device)
+            size = int(group.max()) + 1
+            g_low = torch.full((size,), float("inf"), dtype=u.dtype, device=u.device).scatter_reduce(0, group, low, "amin")
+            g_high = torch.full((size,), -float("inf"), dtype=u.dtype, device=u.device).scatter_reduce(0, group, high, "amax")
+            z = (2.0 * u[:, first:first + size] - 1.0) * ((g_high - g_low) / 2 * float(box_scale))
+            boosts += z[:, group]
+            first += size
+        boosts = (boosts + (high + low) / 2).reshape(N, S, A)
+    else:
+        boosts = ama.boosts.detach().expand(N, S, A).clone()
+    if dim_w:
+        w = 1.0 - u[:, dim_b:].clamp(0.0, _U_MAX)  # (0, 1]
+        log_weights = (w / w.sum(-1, keepdim=True)).log()
+    else:
+        log_weights = ama.log_weights.detach().expand(N, n).clone()
+    return log_weights.to(ama.boosts.dtype), boosts.to(ama.boosts.dtype)
+
+
+def local_points(centre: torch.Tensor, num_points: int, half_width: float, seed: int) -> torch.Tensor:
+    """``num_points`` points of ``[0, 1)^dim`` around ``centre [dim]``, ``[N, dim]``: a Sobol point
+    of the cube of ``half_width`` about it on a random set of coordinates, whose size is
+    log-uniform on ``1..dim`` (one coordinate to all), the others at the centre's values."""
+    dim = centre.numel()
+    v = sobol_unit(dim, num_points, seed)
+    gen = torch.Generator().manual_seed(int(seed))
+    size = ((dim + 1) ** torch.rand(num_points, 1, generator=gen, dtype=torch.float64)).floor()  # 1..dim
+    rank = torch.rand(num_points, dim, generator=gen).argsort(-1).argsort(-1)
+    moved = rank < size  # the `size` coordinates of a random permutation
+    return (centre + (2.0 * v - 1.0) * half_width * moved).clamp(0.0, _U_MAX)
+
 
 def sobol_candidates(ama: AMA, num_points: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scrambled Sobol candidates over the parameters the setting optimizes.
+    """Scrambled Sobol candidates over the setting's whole search box (:func:`candidates_from_unit`).
 
     Args:
         ama: Mechanism whose fixed parameters (those without ``requires_grad``) every candidate keeps.
@@ -42,26 +147,7 @@ def sobol_candidates(ama: AMA, num_points: int, seed: int) -> tuple[torch.Tensor
     Returns:
         ``log_weights [N, n]`` and ``boosts [N, S, A]``.
     """
-    setting = ama.setting
-    n = setting.n_agents
-    S, A = setting.mdp.shape
-    dim_b = S * A if ama.boosts.requires_grad else 0
-    dim_w = n if ama.log_weights.requires_grad else 0
-    if dim_b + dim_w == 0:
-        raise ValueError("the mechanism has no free parameters to search over")
-    engine = SobolEngine(dim_b + dim_w, scramble=True, seed=int(seed))
-    u = engine.draw(num_points, dtype=torch.float64).to(ama.boosts.device)
-    if dim_b:
-        low, high = (x.to(u).flatten() for x in setting.search_box())
-        boosts = ((2.0 * u[:, :dim_b] - 1.0) * ((high - low) / 2) + (high + low) / 2).reshape(num_points, S, A)
-    else:
-        boosts = ama.boosts.detach().expand(num_points, S, A).clone()
-    if dim_w:
-        w = 1.0 - u[:, dim_b:]  # (0, 1]
-        log_weights = (w / w.sum(-1, keepdim=True)).log()
-    else:
-        log_weights = ama.log_weights.detach().expand(num_points, n).clone()
-    return log_weights.to(ama.boosts.dtype), boosts.to(ama.boosts.dtype)
+    return candidates_from_unit(ama, sobol_unit(sum(free_dimensions(ama)), num_points, seed))
 
 
 def score_candidates(
@@ -108,7 +194,8 @@ def score_candidates(
 
 
 class GridSearch(Method):
-    """Sobol grid search, exact scores on common profiles (paper, section 5); see :class:`GridConfig`."""
+    """Grid search: the centre, global Sobol points, local rounds; exact scores on common profiles
+    (paper, section 5); see :class:`GridConfig`."""
 
     name = "grid"
     Config = GridConfig
@@ -120,6 +207,13 @@ class GridSearch(Method):
         """The common profiles every candidate is scored on, ``[profiles, n, K]``."""
         gen = torch.Generator().manual_seed(stream_seed(seed, "grid-profiles"))
         return setting.checked_sample(self.config.profiles, gen)
+
+    def rounds(self) -> list[int]:
+        """Candidates per round: the global round (the centre included), then each local round."""
+        cfg = self.config
+        local = int(cfg.num_points * cfg.refine_fraction) if cfg.refine_rounds else 0
+        per = [local // cfg.refine_rounds + (k < local % cfg.refine_rounds) for k in range(cfg.refine_rounds)] if local else []
+        return [cfg.num_points - local, *per]
 
     def run(
         self,
@@ -134,7 +228,7 @@ class GridSearch(Method):
         setting = ama.setting
         self.check_setting(setting)
         types = self.training_profiles(setting, seed).to(ama.boosts.device)
-        log_weights, boosts = sobol_candidates(ama, cfg.num_points, stream_seed(seed, "grid-sobol") % 2**31)
+        dim = sum(free_dimensions(ama, cfg.tied))
         sign = setting.objective.sign
         done = [0, -float("inf")]  # candidates scored, best score (sign * objective)
 
@@ -144,9 +238,22 @@ class GridSearch(Method):
             if callback is not None:
                 callback(StepEvent("grid", done[0], 0, scores.numel(), ama, objective=sign * done[1]))
 
-        scores = score_candidates(setting, log_weights, boosts, types, cfg.max_batch_elements, report)
-        order = torch.argsort(sign * scores, descending=True, stable=True)[: cfg.top_k]
-        top = [(float(scores[k]), log_weights[k].clone(), boosts[k].clone()) for k in order.tolist()]
+        units, all_scores = [], []
+        for k, count in enumerate(self.rounds()):
+            if k == 0:
+                u = sobol_unit(dim, count, stream_seed(seed, "grid-sobol") % 2**31, cfg.scramble)
+                if cfg.scramble:  # the unscrambled sequence starts at the centre itself
+                    u = torch.cat([torch.full((1, dim), 0.5, dtype=torch.float64), u[: count - 1]])
+            else:
+                best = torch.cat(units)[torch.argmax(sign * torch.cat(all_scores))]
+                u = local_points(best, count, 0.5 * cfg.shrink**k, stream_seed(seed, f"grid-local-{k}") % 2**31)
+            lw, b = candidates_from_unit(ama, u, cfg.box_scale, cfg.tied)
+            units.append(u)
+            all_scores.append(score_candidates(setting, lw, b, types, cfg.max_batch_elements, report))
+        units_all, scores = torch.cat(units), torch.cat(all_scores)
+        order = torch.argsort(sign * scores, descending=True, stable=True)[: cfg.top_k].tolist()
+        lw, b = candidates_from_unit(ama, units_all[order], cfg.box_scale, cfg.tied)
+        top = [(float(scores[k]), lw[i].clone(), b[i].clone()) for i, k in enumerate(order)]
         restore(ama, (top[0][1], top[0][2]))
         held = exact_score(ama, heldout)
         if callback is not None:

@@ -33,7 +33,9 @@ class MultiStart:
         cfg = self.config
         if not cfg.grid_points:
             return None
-        return GridSearch(GridConfig(num_points=cfg.grid_points, profiles=cfg.grid_profiles, top_k=cfg.starts))
+        # global points only: the starts spread over the box
+        return GridSearch(GridConfig(num_points=cfg.grid_points, profiles=cfg.grid_profiles, top_k=cfg.starts,
+                                     refine_rounds=0))
 
     def total_work(self) -> int:
         """Grid candidates to score."""

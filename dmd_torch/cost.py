@@ -1,0 +1,206 @@
+"""What a run will cost, estimated from the sizes before any work (memory and time).
+
+The work of every solve is proportional to its *elements*: profiles x problems x states x
+actions, where a profile has ``n + 1`` problems when the objective needs the problems without each
+agent (revenue) and one otherwise. The model is linear in them:
+
+* time of one exact evaluation of ``P`` profiles: ``eval_overhead_s + eval_s * P * E``;
+* time of one training step: ``step_overhead_s + step_s * profiles_per_step * E`` per method (the
+  zeroth-order step includes its perturbed exact solves);
+* time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``;
+* peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
+  once: the largest of one evaluation batch, one training step's profiles and grid search's
+  training rewards,
+
+where ``E = problems * S * A``. ``scripts/bench_scaling.py`` measures the constants per setting
+(time and peak memory as the sizes grow; times by least squares on relative errors) and writes them to
+the package data ``dmd_torch/data/cost_model.json``; a setting it has not measured (a user's) takes
+the largest constant of those measured.
+
+:func:`check_fits` refuses a setting whose smallest run would not fit in the memory available,
+before its MDP is built (:meth:`~dmd_torch.envs.Setting.shape_of`); :func:`estimate` gives a
+whole run's :class:`CostEstimate`, which ``scripts/train.py`` prints and checks at the start.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from typing import Any
+
+from dmd_torch.runtime import MAX_BATCH_ELEMENTS
+
+__all__ = [
+    "CostModel",
+    "CostEstimate",
+    "cost_model",
+    "available_memory",
+    "elements",
+    "check_fits",
+    "estimate",
+    "format_duration",
+    "MODEL_FILE",
+]
+
+MODEL_FILE = "cost_model.json"
+_GIB = 2**30
+
+
+
+@dataclass(frozen=True)
+class CostModel:
+    """The measured constants of one setting (see the module docstring).
+
+    Attributes:
+        eval_s: Seconds per element of exact evaluation.
+        eval_overhead_s: Seconds per exact evaluation, whatever its size.
+        step_s: Seconds per element of a training step, by method (``reg_lp``, ``zeroth_order``).
+        step_overhead_s: Seconds per training step, by method.
+        grid_s: Seconds per element of scoring a grid candidate.
+        grid_overhead_s: Seconds per grid candidate.
+        bytes_per_element: Peak bytes per element held at once.
+    """
+
+    eval_s: float
+    eval_overhead_s: float
+    step_s: dict[str, float]
+    step_overhead_s: dict[str, float]
+    grid_s: float
+    grid_overhead_s: float
+    bytes_per_element: float
+
+
+@lru_cache(maxsize=1)
+def _models() -> dict[str, CostModel]:
+    text = resources.files("dmd_torch").joinpath("data", MODEL_FILE).read_text(encoding="utf-8")
+    raw = json.loads(text)["settings"]
+    return {k: CostModel(v["eval_s"], v["eval_overhead_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
+                         v["grid_overhead_s"], v["bytes_per_element"]) for k, v in raw.items()}
+
+
+def cost_model(setting_name: str) -> CostModel:
+    """The constants measured for ``setting_name``, or the largest of each over the measured
+    settings for one the benchmark has not measured."""
+    models = _models()
+    if setting_name in models:
+        return models[setting_name]
+    ms = list(models.values())
+    methods = {k for m in ms for k in m.step_s}
+    return CostModel(max(m.eval_s for m in ms), max(m.eval_overhead_s for m in ms),
+                     {k: max(m.step_s.get(k, 0.0) for m in ms) for k in methods},
+                     {k: max(m.step_overhead_s.get(k, 0.0) for m in ms) for k in methods},
+                     max(m.grid_s for m in ms), max(m.grid_overhead_s for m in ms), max(m.bytes_per_element for m in ms))
+
+
+def available_memory() -> int:
+    """Bytes of physical memory available now (``/proc/meminfo``'s MemAvailable, else the total)."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def elements(n_agents: int, states: int, actions: int, needs_without: bool = True) -> int:
+    """Elements of one profile: ``problems * S * A`` (``n + 1`` problems with ``needs_without``)."""
+    return (n_agents + 1 if needs_without else 1) * states * actions
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """The estimated cost of a run.
+
+    Attributes:
+        evaluation_s: One exact evaluation of the final number of profiles (the mechanism only).
+        step_s: One training step (``None`` for grid search).
+        total_s: The whole run: training, held-out evaluations, the final evaluation of the
+            mechanism, VCG and the known optimum.
+        peak_bytes: Peak memory.
+    """
+
+    evaluation_s: float
+    step_s: float | None
+    total_s: float
+    peak_bytes: float
+
+    def describe(self) -> str:
+        """One line: the expected duration and peak memory."""
+        step = "" if self.step_s is None else f", {format_duration(self.step_s)} per training step"
+        return (f"expected duration {format_duration(self.total_s)} (exact evaluation {format_duration(self.evaluation_s)}{step}), "
+                f"peak memory {self.peak_bytes / _GIB:.2f} GiB")
+
+
+def format_duration(seconds: float) -> str:
+    """A duration for people: ``0.42 s``, ``17.3 s``, ``2.5 min``, ``1.20 h``."""
+    if seconds < 10:
+        return f"{seconds:.2f} s"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.2f} h"
+
+
+def _peak(model: CostModel, n: int, S: int, A: int, K: int, rows: int, reward_rows: int, needs_without: bool) -> float:
+    """The MDP (``16 S A K`` bytes), ``bytes_per_element`` times one batch of ``rows`` profiles
+    (at least one, at most an evaluation batch), and the rewards of ``reward_rows`` profiles held whole."""
+    per_profile = elements(n, S, A, needs_without)
+    batch = max(per_profile, min(MAX_BATCH_ELEMENTS, per_profile * rows))
+    return 16.0 * S * A * K + model.bytes_per_element * batch + 8.0 * reward_rows * n * S * A
+
+
+def check_fits(name: str, n_agents: int, size: int, states: int, actions: int, successors: int = 1,
+               needs_without: bool = True, memory: int | None = None) -> None:
+    """Raises a one-line ``ValueError`` when the MDP of setting ``name`` (``states`` x ``actions`` x
+    ``successors``) and one profile's solve would not fit in ``memory`` bytes (default: available)."""
+    memory = available_memory() if memory is None else memory
+    peak = _peak(cost_model(name), n_agents, states, actions, successors, 1, 0, needs_without)
+    if peak > memory:
+        raise ValueError(
+            f"{name} with n_agents={n_agents}, size={size} has {states:,} states x {actions:,} actions: "
+            f"estimated memory {peak / _GIB:.1f} GiB for one profile exceeds the {memory / _GIB:.1f} GiB "
+            "available; allowed: smaller sizes (docs/benchmarks.md, scaling)")
+
+
+def estimate(setting: Any, method: Any, heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> CostEstimate:
+    """The :class:`CostEstimate` of training ``setting`` with ``method`` (a
+    :class:`~dmd_torch.methods.Method` or its config) and evaluating it, from the sizes.
+
+    Args:
+        setting: The :class:`~dmd_torch.envs.Setting`.
+        method: The method or its configuration (``grid``, ``zeroth_order`` or ``reg_lp``).
+        heldout_profiles: The held-out sample of the gradient methods.
+        eval_profiles: The final evaluation's profiles.
+    """
+    cfg = getattr(method, "config", method)
+    model = cost_model(setting.name)
+    S, A = setting.mdp.shape
+    n = setting.n_agents
+    E = elements(n, S, A, setting.objective.needs_without)
+    def exact(profiles: int) -> float:
+        return model.eval_overhead_s + model.eval_s * profiles * E
+
+    evaluation = exact(eval_profiles)
+    known = 3 if setting.known_optimum() is not None else 2
+    K = setting.mdp.next_states.shape[-1]
+    if cfg.name == "grid":
+        step = None
+        train = cfg.num_points * (model.grid_overhead_s + model.grid_s * cfg.profiles * E)
+        held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
+    else:
+        starts = cfg.multistart.starts
+        step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * E
+        evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
+        train = starts * cfg.steps * step + evals * exact(heldout_profiles)
+        train += cfg.multistart.grid_points * (model.grid_overhead_s + model.grid_s * cfg.multistart.grid_profiles * E)
+        held = max(cfg.profiles_per_step, heldout_profiles)
+        rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
+    peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without)
+    return CostEstimate(evaluation, step, train + known * evaluation, peak)

@@ -1,0 +1,28 @@
+"""Tests of dmd_torch.tracking: what a run writes to TensorBoard."""
+
+from __future__ import annotations
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from dmd_torch import AMA, make_env
+from dmd_torch.methods import StepEvent
+from dmd_torch.tracking import RunLogger
+
+
+def test_training_points_are_the_means_of_each_window(tmp_path):
+    setting = make_env("seq_sales", n_agents=2, size=2)
+    ama = AMA(setting)
+    logger = RunLogger(tmp_path, 6, setting, tensorboard=True, progress=False, log_every=3)
+    for step in range(1, 7):
+        logger(StepEvent("train", step, 0, 1, ama, objective=float(step), grad_norm=10.0 * step))
+    logger(StepEvent("eval", 6, 0, 0, ama, heldout=0.5, best=0.5))
+    logger.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert [(e.step, e.value) for e in acc.Scalars("train/objective")] == [(3, 2.0), (6, 5.0)]
+    assert [e.value for e in acc.Scalars("train/grad_norm")] == [20.0, 50.0]
+    assert [e.value for e in acc.Scalars("heldout/objective")] == [0.5]
+    assert len(logger.train) == 6  # the curve keeps every step
+    with pytest.raises(ValueError, match="log_every"):
+        RunLogger(tmp_path, 1, setting, tensorboard=False, progress=False, log_every=0)
