@@ -172,7 +172,7 @@ class MethodConfig:
     Attributes:
         name: The method (``grid``, ``zeroth_order``, ``reg_lp``).
         variant: The run's label (default: the name): it names a configuration of a method, e.g.
-            ``reg_lp_tuned``, and gives its runs their own sweep directory and report column.
+            ``reg_lp_paper``, and gives its runs their own sweep directory and report column.
     """
 
     name: str = MISSING

@@ -138,7 +138,9 @@ class CostEstimate:
 
 
 def format_duration(seconds: float) -> str:
-    """A duration for people: ``0.42 s``, ``17.3 s``, ``2.5 min``, ``1.20 h``."""
+    """A duration for people: ``4.2 ms``, ``0.42 s``, ``17.3 s``, ``2.5 min``, ``1.20 h``."""
+    if seconds < 0.1:
+        return f"{seconds * 1000:.1f} ms"
     if seconds < 10:
         return f"{seconds:.2f} s"
     if seconds < 60:

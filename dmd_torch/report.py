@@ -352,11 +352,14 @@ def _training(run: RunResult) -> Training:
 
 
 def table_methods(rows: Sequence[Row]) -> tuple[str, ...]:
-    """The method columns of a table: the paper's :data:`METHODS`, then this library's
-    :data:`DEFAULTS` that were run, then the other variants run, sorted."""
+    """The method columns of a table: the paper's :data:`METHODS` (in a table of the paper, run or
+    not; elsewhere those run), then this library's :data:`DEFAULTS` that were run, then the other
+    variants run, sorted."""
     ran = {k for row in rows for k in row.runs}
+    published = any(row.paper is not None for row in rows)  # a paper table shows its three columns always
+    paper = tuple(k for k in METHODS if published or k in ran)
     ours = tuple(k for k in DEFAULTS if k in ran)
-    return (*METHODS, *ours, *sorted(ran - set(METHODS) - set(ours)))
+    return (*paper, *ours, *sorted(ran - set(METHODS) - set(ours)))
 
 
 def _label(method: str) -> str:
@@ -507,16 +510,17 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
              [(r, f"{r.runs[r.best_method].evaluation.mean:.4f} vs {r.paper_best:.4f}") for r in best if r.best_gap < 0]),
     ]
     for k in DEFAULTS:  # this library's defaults against VCG, on the evaluation's fresh profiles
-        ran = [r for r in rows if k in r.runs]
-        if ran:
-            worse = [(r, f"{r.runs[k].evaluation.mean:.4f} vs {r.runs[k].evaluation.vcg_mean:.4f}") for r in ran
+        cells = [r for r in rows if k in r.runs]
+        if cells:
+            worse = [(r, f"{r.runs[k].evaluation.mean:.4f} vs {r.runs[k].evaluation.vcg_mean:.4f}") for r in cells
                      if not spec.sign * (r.runs[k].evaluation.mean - r.runs[k].evaluation.vcg_mean) > 0]
-            notes.append(line(f"{_label(k)} better than VCG", ran, worse))
+            notes.append(line(f"{_label(k)} better than VCG", cells, worse))
     if _has_optimum(rows):
         opt = [r for r in rows if r.optimality_ratio is not None]
         notes.append(line(f"optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", opt,
                           [(r, f"{r.optimality_ratio:.3f}") for r in opt if r.optimality_ratio < MIN_OPTIMALITY_RATIO]))
-    if any(k not in METHODS for r in rows for k in r.runs):  # the same checks with the paper's hyperparameters only
+    ran = {k for r in rows for k in r.runs}
+    if ran - set(METHODS) and ran & set(METHODS):  # the same checks with the paper's hyperparameters only
         paper_only = []
         for r in rows:
             runs = {k: r.runs[k] for k in METHODS if k in r.runs}
@@ -530,6 +534,12 @@ def _check_notes(spec: TableSpec, rows: Sequence[Row]) -> list[str]:
             ratio = [(r, b / r.known_optimum) for r, b in paper_only if r.known_optimum]
             notes.append(line(f"with the paper's hyperparameters only, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}",
                               ratio, [(r, f"{x:.3f}") for r, x in ratio if x < MIN_OPTIMALITY_RATIO]))
+    if _has_optimum(rows):  # what this library's defaults reach on their own
+        for k in DEFAULTS:
+            ratio = [(r, r.runs[k].evaluation.mean / r.known_optimum) for r in rows if k in r.runs and r.known_optimum]
+            if ratio:
+                notes.append(line(f"{_label(k)} alone, optimality ratio >= {MIN_OPTIMALITY_RATIO:g}", ratio,
+                                  [(r, f"{x:.3f}") for r, x in ratio if x < MIN_OPTIMALITY_RATIO]))
     return notes
 
 

@@ -35,7 +35,7 @@ class Training:
 
     Attributes:
         method: The method's name (``grid``, ``zeroth_order``, ``reg_lp``).
-        variant: The run's label (the method's name, or a named configuration such as ``reg_lp_tuned``).
+        variant: The run's label (the method's name, or a named configuration such as ``reg_lp_paper``).
         config: The method's whole configuration.
         seed: The training seed.
         heldout_profiles: Size of the held-out sample used for model selection.

@@ -64,3 +64,18 @@ def test_estimate_follows_the_model():
     assert estimate(make_env("seq_sales", n_agents=6, size=4), make_method("reg_lp")).total_s > b.total_s
     unknown = cost_model("no_such_setting")
     assert unknown.eval_s >= model.eval_s and unknown.bytes_per_element >= model.bytes_per_element
+
+
+def test_a_run_past_memory_is_refused_before_work(tmp_path):
+    """Grid search holds its training profiles' rewards whole: 10^8 profiles cannot fit, and the
+    app says so in one line before anything is written."""
+    from dmd_torch import app
+
+    block = {"env": {"_target_": "dmd_torch.envs.sales.SequentialSales", "n_agents": 3, "size": 2},
+             "method": {"name": "grid", "profiles": 100_000_000}, "output_dir": str(tmp_path / "run")}
+    with pytest.raises(ValueError, match=r"^seq_sales_sym with n_agents=3, size=2 \(5 states x 4 actions\) and method "
+                                         r"grid: estimated peak memory [\d.]+ GiB exceeds the [\d.]+ GiB available"):
+        app.prepare(block)
+    assert not (tmp_path / "run").exists()
+    job = app.prepare({**block, "method": {"name": "grid"}})
+    assert 0 < job.cost.total_s and job.cost.peak_bytes < 2**30

@@ -412,6 +412,7 @@ def test_defaults_are_extra_columns_counted_in_the_best(table1_runs, tmp_path):
     # the checks again with the paper's hyperparameters only: their own figures stay visible
     assert "* Check, optimality ratio >= 0.99: 1/3 cells" in md  # n=3 m=2 passes with the default
     assert "* Check, regularized LP (ours) better than VCG: 1/1 cells." in md
+    assert "* Check, regularized LP (ours) alone, optimality ratio >= 0.99: 1/1 cells." in md
     put(table1_runs, fake_results("seq_sales_sym", 4, 3, "grid", 0.6010, 0.6010, variant="grid"))  # only ties VCG
     md = render_markdown(spec, build_rows(spec, collect_results(table1_runs)))
     assert "* Check, grid (ours) better than VCG: 0/1 cells; short: n=4 m=3 (0.6010 vs 0.6010)." in md
