@@ -9,8 +9,8 @@ agent (revenue) and one otherwise. The model is linear in them:
   zeroth-order step includes its perturbed exact solves);
 * time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``;
 * peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
-  once: the largest of one evaluation batch, one training step's profiles and grid search's
-  training rewards,
+  once (one evaluation batch, or one training step's profiles), plus what grid search holds whole:
+  its training profiles' rewards and its candidates' coordinates,
 
 where ``E = problems * S * A``. ``scripts/bench_scaling.py`` measures the constants per setting
 (time and peak memory as the sizes grow; times by least squares on relative errors) and writes them to
@@ -196,6 +196,7 @@ def estimate(setting: Any, method: Any, heldout_profiles: int = 2_000, eval_prof
         step = None
         train = cfg.num_points * (model.grid_overhead_s + model.grid_s * cfg.profiles * E)
         held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
+        candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
         starts = cfg.multistart.starts
         step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * E
@@ -204,5 +205,6 @@ def estimate(setting: Any, method: Any, heldout_profiles: int = 2_000, eval_prof
         train += cfg.multistart.grid_points * (model.grid_overhead_s + model.grid_s * cfg.multistart.grid_profiles * E)
         held = max(cfg.profiles_per_step, heldout_profiles)
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
-    peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without)
+        candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)
+    peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without) + candidates
     return CostEstimate(evaluation, step, train + known * evaluation, peak)

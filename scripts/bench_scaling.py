@@ -2,7 +2,8 @@
 as the sizes grow, the cost model's constants fitted from them, and the largest sizes that fit.
 
 For every size of every setting (sales n 2..8 x m 2..5, scheduling n 2..5 x T 3..6, gridworld
-g 3..8 x 2..5 agents, matching n 2..4 x m 2..4; ``--quick`` runs a subset), in a fresh process
+g 3..8 x 2..5 agents, matching n 2..4 x m 2..4, static auctions n 1..5 x m 1..4; ``--quick``
+runs a subset), in a fresh process
 each (so that peak memory is that size's own, glibc's default allocator):
 
 * exact evaluation of ``--profiles`` profiles (the mechanism at its initial parameters): where a
@@ -19,7 +20,11 @@ renamed). The script then prints, per setting and method, the largest size whose
 run the model puts within ``--budget`` seconds (10 minutes), and a Markdown table of the
 measurements (``docs/benchmarks.md``, "Scaling").
 
+``--check DIR`` instead compares the model's estimate with the ``runtime_seconds`` of every
+finished run below ``DIR`` (e.g. ``outputs``) and prints the ratios' median and range per variant.
+
 Usage: ``python scripts/bench_scaling.py [--quick] [--write-model] [--settings seq_sales,gridworld]``
+or ``python scripts/bench_scaling.py --check outputs``
 """
 
 from __future__ import annotations
@@ -38,14 +43,16 @@ SIZES = {
     "scheduling": [(n, t) for t in range(3, 7) for n in range(2, 6)],
     "gridworld": [(n, g) for g in range(3, 9) for n in range(2, 6)],
     "matching": [(n, m) for m in range(2, 5) for n in range(2, 5)],
+    "static_auction": [(n, m) for m in range(1, 5) for n in range(1, 6)],
 }
 QUICK = {
     "seq_sales": [(2, 2), (4, 3), (6, 3), (5, 4)],
     "scheduling": [(2, 3), (3, 5), (4, 5)],
     "gridworld": [(2, 3), (3, 5), (5, 8)],
     "matching": [(2, 2), (3, 3)],
+    "static_auction": [(2, 1), (2, 3)],
 }
-OPTIONS = {"seq_sales": {}, "scheduling": {}, "gridworld": {}, "matching": {}}
+OPTIONS = {"seq_sales": {}, "scheduling": {}, "gridworld": {}, "matching": {}, "static_auction": {}}
 STEP_METHODS = ("reg_lp", "zeroth_order")
 MODEL = Path(__file__).resolve().parents[1] / "dmd_torch" / "data" / "cost_model.json"
 
@@ -194,7 +201,8 @@ def largest_within(name: str, budget: float) -> dict[str, str]:
     sizes = {"seq_sales": [(n, m) for n in range(2, 13) for m in range(2, 7)],
              "scheduling": [(n, t) for n in range(2, 9) for t in range(3, 9)],
              "gridworld": [(n, g) for n in range(2, 9) for g in range(3, 16)],
-             "matching": [(n, m) for n in range(2, 6) for m in range(2, 6)]}[name]
+             "matching": [(n, m) for n in range(2, 6) for m in range(2, 6)],
+             "static_auction": [(n, m) for n in range(1, 9) for m in range(1, 8)]}[name]
     best: dict[str, tuple[float, str]] = {}
     for n, m in sizes:
         shape = ENVS[name].shape_of(n_agents=n, size=m, **OPTIONS[name])
@@ -214,6 +222,33 @@ def largest_within(name: str, budget: float) -> dict[str, str]:
     return {k: v[1] for k, v in best.items()}
 
 
+def check(root: Path) -> None:
+    """The model's estimate against the measured wall time of the runs below ``root``."""
+    import statistics
+
+    from dmd_torch.cost import estimate
+    from dmd_torch.envs import setting_from_config
+    from dmd_torch.methods import make_method
+    from dmd_torch.results import RESULTS_FILE, read_result
+
+    ratios: dict[str, list[float]] = {}
+    for path in sorted(root.rglob(RESULTS_FILE)):
+        run = read_result(path)
+        if run.training is None:
+            continue
+        setting = setting_from_config(run.env)
+        method = make_method(run.training.method, **{k: v for k, v in run.training.config.items() if k != "name"})
+        est = estimate(setting, method, run.training.heldout_profiles, run.evaluation.profiles)
+        ratios.setdefault(f"{setting.name} {run.label}", []).append(est.total_s / run.training.runtime_seconds)
+    if not ratios:
+        raise SystemExit(f"no finished runs below {root}")
+    every = [x for v in ratios.values() for x in v]
+    print(f"estimate / measured over {len(every)} runs: median {statistics.median(every):.2f}, "
+          f"range {min(every):.2f}-{max(every):.2f}")
+    for label, v in sorted(ratios.items()):
+        print(f"  {label}: {len(v)} runs, median {statistics.median(v):.2f}, range {min(v):.2f}-{max(v):.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=",".join(SIZES))
@@ -224,7 +259,11 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per size")
     parser.add_argument("--budget", type=float, default=600.0, help="a default run's time budget (s)")
     parser.add_argument("--write-model", action="store_true", help=f"write the constants to {MODEL}")
+    parser.add_argument("--check", type=Path, help="compare the model with the finished runs below this directory")
     args = parser.parse_args()
+    if args.check is not None:
+        check(args.check)
+        return
     names = [s for s in args.settings.split(",") if s]
     unknown = sorted(set(names) - set(SIZES))
     if unknown:

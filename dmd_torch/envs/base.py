@@ -29,6 +29,7 @@ from dmd_torch.mdp import TabularMDP
 from dmd_torch.objective import REVENUE, LeaderObjective
 
 if TYPE_CHECKING:
+    from dmd_torch.cost import CostEstimate
     from dmd_torch.description import Description
 
 __all__ = ["Setting", "history_tree_mdp", "history_tree_states", "uniform"]
@@ -187,8 +188,8 @@ class Setting(ABC):
         n, size = bound.arguments.get("n_agents"), bound.arguments.get("size")
         sized = all(isinstance(x, int) and not isinstance(x, bool) and x >= 1 for x in (n, size))
         shape = cls.shape_of(**bound.arguments) if sized else None
-        if shape is not None:
-            check_fits(cls.name, n, size, *shape, needs_without=cls.objective.needs_without)
+        if shape is not None:  # an objective defined per instance counts as revenue's n + 1 problems
+            check_fits(cls.name, n, size, *shape, needs_without=getattr(cls.objective, "needs_without", True))
         setting = cls(**kwargs)
         if shape is None:
             S, A = setting.mdp.shape
@@ -196,7 +197,7 @@ class Setting(ABC):
                        setting.objective.needs_without)
         return setting
 
-    def cost(self, method: Any = "reg_lp", heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> Any:
+    def cost(self, method: Any = "reg_lp", heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> CostEstimate:
         """The estimated time and memory of training with ``method`` (a name, a method or its config)
         and evaluating: a :class:`dmd_torch.cost.CostEstimate`."""
         from dmd_torch.cost import estimate
