@@ -30,9 +30,14 @@ import os
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dmd_torch.runtime import MAX_BATCH_ELEMENTS
+
+if TYPE_CHECKING:
+    from dmd_torch.config import MethodConfig
+    from dmd_torch.envs.base import Setting
+    from dmd_torch.methods.base import Method
 
 __all__ = [
     "CostModel",
@@ -171,7 +176,8 @@ def check_fits(name: str, n_agents: int, size: int, states: int, actions: int, s
             "available; allowed: smaller sizes (docs/benchmarks.md, scaling)")
 
 
-def estimate(setting: Any, method: Any, heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> CostEstimate:
+def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: int = 2_000,
+             eval_profiles: int = 10_000) -> CostEstimate:
     """The :class:`CostEstimate` of training ``setting`` with ``method`` (a
     :class:`~dmd_torch.methods.Method` or its config) and evaluating it, from the sizes.
 
