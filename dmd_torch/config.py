@@ -356,13 +356,17 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+def _variant_node(name: str) -> Any:
+    """The structured config of variant ``name``: its method's schema with the variant's values."""
+    method, values = VARIANTS[name]
+    return OmegaConf.merge(OmegaConf.structured(METHOD_CONFIGS[method]), {**values, "variant": name})
+
+
 def method_config(name: str, overrides: Any = None) -> MethodConfig:
     """The configuration of method or variant ``name`` (:data:`METHOD_CONFIGS`, :data:`VARIANTS`)
     with ``overrides`` over it, checked (one-line errors naming what is allowed)."""
     if name in VARIANTS:
-        method, values = VARIANTS[name]
-        base = OmegaConf.merge(OmegaConf.structured(METHOD_CONFIGS[method]), {**values, "variant": name})
-        return to_config(METHOD_CONFIGS[method], OmegaConf.merge(base, overrides or {}))
+        return to_config(METHOD_CONFIGS[VARIANTS[name][0]], OmegaConf.merge(_variant_node(name), overrides or {}))
     if name not in METHOD_CONFIGS:
         raise ValueError(f"unknown method {name!r}; allowed: {', '.join([*METHOD_CONFIGS, *VARIANTS])}")
     return to_config(METHOD_CONFIGS[name], overrides)
@@ -475,9 +479,8 @@ def register_configs() -> None:
     cs.store(name="evaluate_config", node=EvaluateConfig)
     for name, cls in METHOD_CONFIGS.items():
         cs.store(group="method", name=name, node=cls)
-    for name, (method, values) in VARIANTS.items():
-        node = OmegaConf.merge(OmegaConf.structured(METHOD_CONFIGS[method]), {**values, "variant": name})
-        cs.store(group="method", name=name, node=node)
+    for name in VARIANTS:
+        cs.store(group="method", name=name, node=_variant_node(name))
     for name, setting in ENVS.items():
         cs.store(group="env", name=name, node=setting_config(setting))
 

@@ -55,7 +55,6 @@ MODEL_FILE = "cost_model.json"
 _GIB = 2**30
 
 
-
 @dataclass(frozen=True)
 class CostModel:
     """The measured constants of one setting (see the module docstring).
@@ -192,15 +191,18 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     S, A = setting.mdp.shape
     n = setting.n_agents
     E = elements(n, S, A, setting.objective.needs_without)
-    def exact(profiles: int) -> float:
+    def exact(profiles: int) -> float:  # one exact evaluation
         return model.eval_overhead_s + model.eval_s * profiles * E
+
+    def grid(points: int, profiles: int) -> float:  # a grid search
+        return points * (model.grid_overhead_s + model.grid_s * profiles * E)
 
     evaluation = exact(eval_profiles)
     known = 3 if setting.known_optimum() is not None else 2
     K = setting.mdp.next_states.shape[-1]
     if cfg.name == "grid":
         step = None
-        train = cfg.num_points * (model.grid_overhead_s + model.grid_s * cfg.profiles * E)
+        train = grid(cfg.num_points, cfg.profiles)
         held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
         candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
@@ -208,7 +210,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * E
         evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
         train = starts * cfg.steps * step + evals * exact(heldout_profiles)
-        train += cfg.multistart.grid_points * (model.grid_overhead_s + model.grid_s * cfg.multistart.grid_profiles * E)
+        train += grid(cfg.multistart.grid_points, cfg.multistart.grid_profiles)
         held = max(cfg.profiles_per_step, heldout_profiles)
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)

@@ -45,6 +45,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from dmd_torch.config import VARIANTS
 from dmd_torch.cost import format_duration
 from dmd_torch.reference import PaperRow, paper_tables
 from dmd_torch.results import RESULTS_FILE, RunResult, Training, read_result
@@ -72,13 +73,13 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: The paper's columns, in the tables' order: the labels of our runs with the paper's
-#: hyperparameters (:data:`dmd_torch.config.VARIANTS`).
-METHODS: tuple[str, ...] = ("grid_paper", "zeroth_order_paper", "reg_lp_paper")
-#: The paper's column (the key of its published figure) of each of :data:`METHODS`.
-PAPER_COLUMN: dict[str, str] = {"grid_paper": "grid", "zeroth_order_paper": "zeroth_order", "reg_lp_paper": "reg_lp"}
-#: This library's defaults, the columns after the paper's.
-DEFAULTS: tuple[str, ...] = ("grid", "zeroth_order", "reg_lp")
+#: The paper's column (the key of its published figure: the method) of each run label with the
+#: paper's hyperparameters (:data:`dmd_torch.config.VARIANTS`).
+PAPER_COLUMN: dict[str, str] = {variant: method for variant, (method, _) in VARIANTS.items()}
+#: The paper's columns, in the tables' order: those run labels.
+METHODS: tuple[str, ...] = tuple(PAPER_COLUMN)
+#: This library's defaults (the methods' own names), the columns after the paper's.
+DEFAULTS: tuple[str, ...] = tuple(PAPER_COLUMN.values())
 
 #: Column titles of the runs (any other variant is titled by its name).
 METHOD_LABELS: dict[str, str] = {

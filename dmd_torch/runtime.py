@@ -2,7 +2,8 @@
 
 **Threads.** The exact solvers work on batches of at most :data:`MAX_BATCH_ELEMENTS` numbers,
 too small for torch's intra-op threads to pay: with torch's
-default thread count exact evaluation ran 3-30x slower than with one thread (docs/benchmarks.md).
+default thread count (2 on a 2-core machine) exact evaluation ran 2.7-7.5x slower than with one
+thread (``scripts/bench_threads.py``, docs/benchmarks.md).
 So :func:`dmd_torch.evaluate`, :func:`dmd_torch.evaluation.objective_values`,
 :func:`dmd_torch.evaluation.ic_audit` and :meth:`dmd_torch.AMA.outcome` run inside
 :func:`exact_threads`: one thread while a batch fits that bound, the caller's count for larger

@@ -179,7 +179,9 @@ def model_of(rows: list[dict]) -> dict:
     for method in STEP_METHODS:
         steps[method] = fit([r[f"{method}_pps"] * r["elements"] for r in ok], [r[f"{method}_step_s"] for r in ok])
     grid_o, grid_s = fit([r["grid_profiles"] * r["elements"] for r in ok], [r["grid_candidate_s"] for r in ok])
-    per_element = [r["eval_bytes"] / min(500_000 * 1.0, r["eval_rows"] * r["elements"]) for r in ok
+    from dmd_torch.runtime import MAX_BATCH_ELEMENTS
+
+    per_element = [r["eval_bytes"] / min(MAX_BATCH_ELEMENTS, r["eval_rows"] * r["elements"]) for r in ok
                    if r["eval_rows"] * r["elements"] >= 100_000]
     return {
         "eval_s": eval_s, "eval_overhead_s": eval_o,

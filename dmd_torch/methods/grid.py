@@ -25,6 +25,7 @@ from torch.quasirandom import SobolEngine
 
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.config import GridConfig
+from dmd_torch.cost import elements
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import ExactFollower
 from dmd_torch.mechanism import AMA
@@ -178,7 +179,7 @@ def score_candidates(
     for name, x in (("grid log-weights", log_weights), ("grid boosts", boosts)):
         check_finite(name, x)
     S, A = setting.mdp.shape
-    per_profile = ((setting.n_agents + 1) if setting.objective.needs_without else 1) * S * A
+    per_profile = elements(setting.n_agents, S, A, setting.objective.needs_without)
     P = types.shape[0]
     chunk = max(1, min(P, max_batch_elements // per_profile))
     batch = max(1, max_batch_elements // (per_profile * P)) if chunk == P else 1
