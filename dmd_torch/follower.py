@@ -261,7 +261,7 @@ class RegularizedFollower(Follower):
     ) -> FollowerSolution:
         w, b = _broadcast(log_weights, boosts)
         c = affine_rewards(r, w, b, without)  # [..., P, n + 1, S, A] or [..., P, S, A]
-        nu = regularized_occupancy(mdp, c, self.alpha, backend=self.backend, **self.options)
+        nu = regularized_occupancy(mdp, c, self.alpha, backend=self.backend, grouped=without, **self.options)
         fixed = nu.detach()
         entropy = -torch.special.xlogy(fixed, fixed).sum((-2, -1))
         asw = (c * fixed).sum((-2, -1)) + self.alpha * entropy  # envelope theorem: no gradient through nu

@@ -83,6 +83,7 @@ def regularized_occupancy(
     c: torch.Tensor,
     alpha: float,
     backend: str | Backend = "auto",
+    grouped: bool = False,
     **options: Any,
 ) -> torch.Tensor:
     """Solves the entropy-regularized occupancy program for a batch of rewards, differentiably.
@@ -96,6 +97,9 @@ def regularized_occupancy(
         alpha: Entropy weight, positive and finite.
         backend: ``auto``, ``tree``, ``newton``, ``cvxpylayers``, or a :class:`Backend` built by
             :func:`make_backend` (then ``options`` must be empty).
+        grouped: ``c[..., K, S, A]`` holds groups of ``K`` related problems whose first is the head,
+            as the ``n + 1`` follower problems of a profile; a backend may start the others from the
+            head's solution (the result is the same to the solver's tolerance).
         **options: The backend's options (:class:`~dmd_torch.regularized.newton.NewtonOptions`,
             :class:`~dmd_torch.regularized.layer.CvxpyLayersOptions`; ``tree`` takes none).
 
@@ -123,7 +127,10 @@ def regularized_occupancy(
     else:
         solver = make_backend(mdp, backend, options)
     lead = tuple(c.shape[:-2])
+    if grouped and not lead:
+        raise ValueError("grouped=True needs c[..., K, S, A] with a group dimension K")
     flat = c.reshape(-1, *mdp.shape).to(mdp.dtype)
     if flat.shape[0] == 0:  # an empty batch: nothing to solve
         return flat.reshape(*lead, *mdp.shape) * 0.0
-    return solver.solve(mdp, flat, alpha, lead).reshape(*lead, *mdp.shape)
+    group = lead[-1] if grouped else 1
+    return solver.solve(mdp, flat, alpha, lead, group).reshape(*lead, *mdp.shape)

@@ -52,5 +52,14 @@ class Backend(ABC):
         return cls.Options(**options)
 
     @abstractmethod
-    def solve(self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...]) -> torch.Tensor:
-        """Occupancies ``nu[B, S, A]`` for rewards ``c[B, S, A]`` (``lead``: the caller's batch shape, for errors)."""
+    def solve(
+        self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...], group: int = 1
+    ) -> torch.Tensor:
+        """Occupancies ``nu[B, S, A]`` for rewards ``c[B, S, A]``.
+
+        Args:
+            lead: The caller's batch shape, for errors.
+            group: The batch comes in consecutive groups of this many related problems whose first
+                is the group's head (the ``n + 1`` follower problems of a profile); a backend may
+                use that to start the others from the head's solution.
+        """

@@ -66,13 +66,11 @@ def mdp_cache(mdp: TabularMDP) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class FlowStructure:
-    """Index tensors that assemble ``M diag(w) M^T`` by scatter-adds, and the reachable states."""
+    """Index tensors that assemble ``M diag(w) M^T`` by one scatter-add, and the reachable states."""
 
     reach: torch.Tensor  # [S] bool: states with positive occupancy
-    c_index: torch.Tensor  # [S*A*K] flat index s * S + s'
-    c_prob: torch.Tensor  # [S, A, K] gamma * P
-    t_index: torch.Tensor  # [S*A*K*K] flat index s'_k * S + s'_l
-    t_prob: torch.Tensor  # [S, A, K, K] gamma^2 * P_k * P_l
+    h_index: torch.Tensor  # [S*A*(K+1)^2] flat index into H of each term of column (s, a) of M
+    h_coef: torch.Tensor  # [S, A, (K+1)^2] its coefficient: products of M's entries in that column
     log_gp: torch.Tensor  # [S, A, K] log(gamma * P) (-inf on padding)
     temper: torch.Tensor  # [S] expected remaining (discounted) decisions under the uniform policy
 
@@ -103,12 +101,14 @@ def flow_structure(mdp: TabularMDP) -> FlowStructure:
         P_unif = mdp.dense_transitions().mean(1)
         eye = torch.eye(S, dtype=mdp.dtype, device=mdp.device)
         temper = torch.linalg.solve(eye - mdp.gamma * P_unif, torch.ones(S, dtype=mdp.dtype, device=mdp.device))
+    # Column (s, a) of M has 1 at row s and -gamma P_k at rows s'_k; H sums w(s, a) times the
+    # outer product of each column with itself.
+    rows = torch.cat([s_idx[..., :1], ns], -1)  # [S, A, K + 1]
+    vals = torch.cat([torch.ones_like(gp[..., :1]), -gp], -1)
     out = FlowStructure(
         reach=reach,
-        c_index=(s_idx * S + ns).flatten(),
-        c_prob=gp,
-        t_index=(ns.unsqueeze(-1) * S + ns.unsqueeze(-2)).flatten(),
-        t_prob=gp.unsqueeze(-1) * gp.unsqueeze(-2),
+        h_index=(rows.unsqueeze(-1) * S + rows.unsqueeze(-2)).flatten(),
+        h_coef=(vals.unsqueeze(-1) * vals.unsqueeze(-2)).flatten(-2),
         log_gp=gp.log(),
         temper=temper,
     )
@@ -135,16 +135,12 @@ def flow_transpose(mdp: TabularMDP, x: torch.Tensor) -> torch.Tensor:
 
 
 def flow_hessian(mdp: TabularMDP, w: torch.Tensor) -> torch.Tensor:
-    """``H = M diag(w) M^T`` for weights ``w[B, S, A]``, as a dense ``[B, S, S]`` matrix."""
+    """``H = M diag(w) M^T`` for weights ``w[B, S, A]``, as a dense ``[B, S, S]`` matrix (one scatter-add)."""
     B, S, _ = w.shape
     fs = flow_structure(mdp)
-    cross = torch.zeros(B, S * S, dtype=w.dtype, device=w.device)
-    cross.index_add_(1, fs.c_index, (w.unsqueeze(-1) * fs.c_prob).flatten(1))
-    cross = cross.view(B, S, S)
     H = torch.zeros(B, S * S, dtype=w.dtype, device=w.device)
-    H.index_add_(1, fs.t_index, (w[..., None, None] * fs.t_prob).flatten(1))
-    H = H.view(B, S, S) - cross - cross.transpose(1, 2)
-    return H + torch.diag_embed(w.sum(-1))
+    H.index_add_(1, fs.h_index, (w.unsqueeze(-1) * fs.h_coef).flatten(1))
+    return H.view(B, S, S)
 
 
 def solve_flow_system(H: torch.Tensor, rhs: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,7 +157,8 @@ def solve_flow_system(H: torch.Tensor, rhs: torch.Tensor, alive: torch.Tensor | 
         alive = diag > _NEGLIGIBLE * diag.amax(-1, keepdim=True)
     alive = alive & (diag > TINY)
     scale = torch.where(alive, diag.clamp_min(TINY).rsqrt(), torch.zeros_like(diag))
-    Hs = H * scale.unsqueeze(-1) * scale.unsqueeze(-2) + torch.diag_embed((~alive).to(H.dtype))
+    Hs = (H * scale.unsqueeze(-1)).mul_(scale.unsqueeze(-2))
+    Hs.diagonal(dim1=-2, dim2=-1).add_((~alive).to(H.dtype))
     b = (rhs * scale).unsqueeze(-1)
     L, info = torch.linalg.cholesky_ex(Hs)
     ok = info == 0
@@ -193,6 +190,13 @@ def implicit_occupancy_vjp(mdp: TabularMDP, nu: torch.Tensor, alpha: float, grad
     """
     w = nu / alpha
     dg = w * grad
+    # Entries without an incoming gradient (e.g. problems read by the envelope theorem only) give 0.
+    some = (grad != 0).flatten(1).any(-1)
+    if not some.all():
+        out = torch.zeros_like(dg)
+        if some.any():
+            out[some] = implicit_occupancy_vjp(mdp, nu[some], alpha, grad[some])
+        return out
     # States with negligible outflow carry no weight in the result; leaving them out also keeps H
     # well conditioned when nu comes from a solver whose tiniest entries are noise.
     outflow = nu.sum(-1)

@@ -133,7 +133,9 @@ class CvxpyLayersBackend(Backend):
     name = "cvxpylayers"
     Options = CvxpyLayersOptions
 
-    def solve(self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...]) -> torch.Tensor:
+    def solve(
+        self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...], group: int = 1
+    ) -> torch.Tensor:
         """Solves the batch with the cached layer of ``(mdp, alpha)``; raises on entries it did not solve."""
         from diffcp import SolverError
 

@@ -6,6 +6,23 @@ The dual of the paper's equation 13 is the smooth, convex
 start that is exact on history trees solves it to the flow residual ``tol``; the solution is
 differentiated by the implicit function theorem
 (:func:`~dmd_torch.regularized.flow.implicit_occupancy_vjp`).
+
+Two accelerations, neither of which changes the problem solved:
+
+* **Balancing.** Where a state's outflow and inflow differ by more than a factor ``e``, a Newton
+  step only moves ``log nu`` there by about 1 (the dual is exponential in ``V``). Before each Newton
+  step those states' duals move by ``alpha log(out / in) / (1 + gamma f)`` (``f``: the share of the
+  inflow that comes from other states), which balances each such state alone; the move is kept
+  only where it lowers the dual objective.
+* **Related problems.** On MDPs with cycles, where the warm start is poor, problems that come in
+  groups (the ``n + 1`` follower problems of a profile, ``group = n + 1``) are solved head first;
+  the other problems of a group start from the head's duals, and any that this does not solve
+  are solved again from the warm start.
+
+From a poor start a Newton step can be 1e18 long (where a state's flow has all but vanished) or,
+with ``H`` too ill-conditioned, not a descent direction: the line search's first trial moves no
+exponent by more than 30, and a step that does not descend is replaced by the Jacobi step
+``diag(H)^-1 (M nu - mu0)``.
 """
 
 from __future__ import annotations
@@ -20,6 +37,7 @@ from dmd_torch.mdp import TabularMDP
 from dmd_torch.regularized.base import Backend
 from dmd_torch.regularized.flow import (
     EPS,
+    TINY,
     RegularizedSolveError,
     attach_implicit_grad,
     entries,
@@ -39,6 +57,7 @@ NEWTON_TOL = 1e-12
 NEWTON_MAX_ITER = 100
 """Default iteration limit."""
 _SOFT_PI_MAX_ITER = 5  # soft policy iterations of the warm start on MDPs with cycles
+_MAX_MOVE = 30.0  # largest change of an exponent log nu(s, a) in the first trial of a line search
 
 
 @dataclass(frozen=True)
@@ -136,22 +155,49 @@ def _relative_residual(mdp: TabularMDP, nu: torch.Tensor) -> tuple[torch.Tensor,
     return res, torch.where(torch.isfinite(err), err, torch.full_like(err, math.inf))
 
 
-def _newton(
-    mdp: TabularMDP, c: torch.Tensor, alpha: float, tol: float, max_iter: int
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Damped Newton on the dual; returns ``nu``, the relative flow residual and a stalled mask.
+def _balance(mdp: TabularMDP, nu: torch.Tensor, res: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Dual moves ``u[B, S]`` that balance each state whose outflow and inflow differ by more than ``e``.
 
-    Works in a shifted form: the exponent ``z = (c - M^T V) / alpha - 1`` is formed once at the
-    warm start ``V0`` and then updated by ``-M^T u / alpha`` for the Newton corrections ``u``, so
-    the large, cancelling terms of ``c / alpha`` and ``V / alpha`` (|c| / alpha ~ 1e4 at
-    alpha = 0.01) are rounded once instead of at every iterate; the iteration then solves the
-    problem of that (rounded) exponent to the full precision of the flow sums.
+    Raising ``V(s)`` by ``u`` scales the outflow of ``s`` by ``exp(-u / alpha)`` and the inflow from
+    other states by ``exp(gamma u / alpha)``; ``u = alpha log(out / in) / (1 + gamma f)``, with ``f``
+    the share of the inflow that comes from other states, equates them for ``s`` alone.
+    """
+    out = nu.sum(-1)
+    inflow = out - res  # mu0 + gamma * (flow entering from other states)
+    ok = (out > TINY) & (inflow > TINY)
+    ratio = torch.where(ok, out / inflow.clamp_min(TINY), torch.ones_like(out)).log()
+    share = ((inflow - mdp.mu0) / inflow.clamp_min(TINY)).clamp(0.0, 1.0)
+    move = alpha * ratio / (1.0 + mdp.gamma * share)
+    return torch.where(ratio.abs() > 1.0, move, torch.zeros_like(move))
+
+
+def _dual_change(
+    mdp: TabularMDP, z: torch.Tensor, nu: torch.Tensor, u: torch.Tensor, dz: torch.Tensor, mask: torch.Tensor, alpha: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The change of the dual objective when ``V += u`` (``z += dz``), formed without cancellation, and its rounding level."""
+    gain = alpha * torch.where(dz.abs() <= 1.0, nu * torch.expm1(dz), (z + dz).exp() * mask - nu)
+    lin = (mdp.mu0 * u).sum(-1)
+    return lin + gain.sum((-2, -1)), 64 * EPS * (lin.abs() + gain.abs().sum((-2, -1)))
+
+
+def _newton(
+    mdp: TabularMDP, c: torch.Tensor, alpha: float, tol: float, max_iter: int, start: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Damped Newton on the dual; returns ``nu``, the relative flow residual, a stalled mask and ``V``.
+
+    Starts from the duals ``start[B, S]`` or, if ``None``, from :func:`_warm_start`. Works in a
+    shifted form: the exponent ``z = (c - M^T V) / alpha - 1`` is formed once at the start ``V0``
+    and then updated by ``-M^T u / alpha`` for the corrections ``u``, so the large, cancelling terms
+    of ``c / alpha`` and ``V / alpha`` (|c| / alpha ~ 1e4 at alpha = 0.01) are rounded once instead
+    of at every iterate; the iteration then solves the problem of that (rounded) exponent to the
+    full precision of the flow sums. Each iteration first balances badly balanced states
+    (:func:`_balance`, kept where the dual objective falls), then takes a Newton step.
     """
     fs = flow_structure(mdp)
     mask = fs.reach.to(c.dtype).unsqueeze(-1)  # unreachable states carry no flow
     B = c.shape[0]
-    V0 = _warm_start(mdp, c, alpha)
-    z = (c - flow_transpose(mdp, V0)) / alpha - 1.0
+    V = _warm_start(mdp, c, alpha) if start is None else start.to(c.dtype).clone()
+    z = (c - flow_transpose(mdp, V)) / alpha - 1.0
     nu = z.exp() * mask
     res, err = _relative_residual(mdp, nu)
     active = err > tol
@@ -160,38 +206,61 @@ def _newton(
         if not active.any():
             break
         idx = active.nonzero().flatten()
-        z_a, nu_a, r_a = z[idx], nu[idx], res[idx]
-        step = solve_flow_system(flow_hessian(mdp, nu_a / alpha), r_a)  # H u = M nu - mu0
+        z_a, nu_a, r_a, V_a, e_a = z[idx], nu[idx], res[idx], V[idx], err[idx]
+        u = _balance(mdp, nu_a, r_a, alpha)
+        dz = -flow_transpose(mdp, u) / alpha
+        change, noise = _dual_change(mdp, z_a, nu_a, u, dz, mask, alpha)
+        keep = (u != 0).any(-1) & torch.isfinite(change) & (change < -noise)
+        if keep.any():
+            z_a = torch.where(keep.view(-1, 1, 1), z_a + dz, z_a)
+            V_a = torch.where(keep.view(-1, 1), V_a + u, V_a)
+            nu_a = z_a.exp() * mask
+            r_a, e_a = _relative_residual(mdp, nu_a)
+        H = flow_hessian(mdp, nu_a / alpha)
+        step = solve_flow_system(H, r_a)  # H u = M nu - mu0
         slope = -(r_a * step).sum(-1)  # directional derivative of the dual objective along u
+        poor = ~(slope < 0)  # H too ill-conditioned for a descent direction: a Jacobi step instead
+        if poor.any():
+            jacobi = r_a / H.diagonal(dim1=-2, dim2=-1).clamp_min(TINY)
+            step = torch.where(poor.unsqueeze(-1), jacobi, step)
+            slope = -(r_a * step).sum(-1)
         dz = -flow_transpose(mdp, step) / alpha  # change of the exponent per unit step
-        lin = (mdp.mu0 * step).sum(-1)
-        t = torch.ones_like(slope)
+        # the first trial moves no exponent by more than _MAX_MOVE (a step from a poor start can be
+        # 1e18 long where a state's flow has all but vanished)
+        t = (_MAX_MOVE / dz.abs().amax((-2, -1)).clamp_min(_MAX_MOVE)).nan_to_num(1.0)
         accepted = torch.zeros_like(slope, dtype=torch.bool)
+        trial = torch.arange(len(idx), device=c.device)  # the entries still searching
         for _ in range(60):  # backtracking (Armijo) line search, per batch entry
-            tdz = t.view(-1, 1, 1) * dz
-            # change of the dual objective, formed without cancellation, and its rounding level
-            gain = alpha * torch.where(
-                tdz.abs() <= 1.0, nu_a * torch.expm1(tdz), (z_a + tdz).exp() * mask - nu_a
+            tt = t[trial].view(-1, 1)
+            change, noise = _dual_change(
+                mdp, z_a[trial], nu_a[trial], tt * step[trial], tt.unsqueeze(-1) * dz[trial], mask, alpha
             )
-            change = t * lin + gain.sum((-2, -1))
-            noise = 64 * EPS * (t * lin.abs() + gain.abs().sum((-2, -1)))
-            accepted |= torch.isfinite(change) & (change <= 1e-4 * t * slope + noise)
-            if accepted.all():
+            ok = torch.isfinite(change) & (change <= 1e-4 * tt.squeeze(-1) * slope[trial] + noise)
+            accepted[trial[ok]] = True
+            trial = trial[~ok]
+            if trial.numel() == 0:
                 break
-            t = torch.where(accepted, t, 0.5 * t)
-        z_new = z_a + torch.where(accepted, t, torch.ones_like(t)).view(-1, 1, 1) * dz
+            t[trial] *= 0.5
+        t = torch.where(accepted, t, torch.ones_like(t)).view(-1, 1)
+        z_new = z_a + t.unsqueeze(-1) * dz
         nu_new = z_new.exp() * mask
         r_new, e_new = _relative_residual(mdp, nu_new)
         # At the rounding floor the objective cannot see a decrease; a full step that reduces the
         # residual is then taken. Entries for which neither holds have stalled.
-        take = accepted | (e_new < err[idx])
+        take = accepted | (e_new < e_a)
         stalled[idx[~take]] = True
         z[idx] = torch.where(take.view(-1, 1, 1), z_new, z_a)
         nu[idx] = torch.where(take.view(-1, 1, 1), nu_new, nu_a)
         res[idx] = torch.where(take.view(-1, 1), r_new, r_a)
-        err[idx] = torch.where(take, e_new, err[idx])
+        V[idx] = torch.where(take.view(-1, 1), V_a + t * step, V_a)
+        err[idx] = torch.where(take, e_new, e_a)
         active = (err > tol) & ~stalled
-    return nu, err, stalled
+    return nu, err, stalled, V
+
+
+def _rejoin(head: torch.Tensor, rest: torch.Tensor, group: int) -> torch.Tensor:
+    """Heads ``[G, ...]`` and the other members ``[G (group - 1), ...]`` back in batch order ``[G group, ...]``."""
+    return torch.cat([head.unsqueeze(1), rest.view(head.shape[0], group - 1, *rest.shape[1:])], 1).flatten(0, 1)
 
 
 class NewtonBackend(Backend):
@@ -200,11 +269,30 @@ class NewtonBackend(Backend):
     name = "newton"
     Options = NewtonOptions
 
-    def solve(self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...]) -> torch.Tensor:
-        """Newton without autograd, then the implicit-function backward; raises where it does not converge."""
+    def solve(
+        self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...], group: int = 1
+    ) -> torch.Tensor:
+        """Newton without autograd, then the implicit-function backward; raises where it does not converge.
+
+        With ``group > 1`` on an MDP with cycles, the heads of the groups are solved first and the
+        rest start from their heads' duals (module docstring).
+        """
         tol, max_iter = self.options.tol, self.options.max_iter
+        B, S, A = c.shape
         with torch.no_grad():
-            nu, err, stalled = _newton(mdp, c.detach(), alpha, tol, max_iter)
+            if group > 1 and mdp.levels is None:
+                rows = c.detach().view(B // group, group, S, A)
+                head = _newton(mdp, rows[:, 0], alpha, tol, max_iter)
+                start = head[3].unsqueeze(1).expand(-1, group - 1, -1).reshape(-1, S)
+                others = rows[:, 1:].reshape(-1, S, A)
+                rest = list(_newton(mdp, others, alpha, tol, max_iter, start)[:3])
+                redo = ~(rest[1] <= tol)  # not solved from the head's duals: again from the warm start
+                if redo.any():
+                    for part, again in zip(rest, _newton(mdp, others[redo], alpha, tol, max_iter)[:3]):
+                        part[redo] = again
+                nu, err, stalled = (_rejoin(h, r, group) for h, r in zip(head[:3], rest))
+            else:
+                nu, err, stalled, _ = _newton(mdp, c.detach(), alpha, tol, max_iter)
         bad = ~(err <= tol)
         if bad.any():
             how = f"within max_iter={max_iter} iterations"

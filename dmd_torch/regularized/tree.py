@@ -89,7 +89,9 @@ class TreeBackend(Backend):
         why = _tree_structure(mdp)
         return None if isinstance(why, _Tree) else why
 
-    def solve(self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...]) -> torch.Tensor:
+    def solve(
+        self, mdp: TabularMDP, c: torch.Tensor, alpha: float, lead: tuple[int, ...], group: int = 1
+    ) -> torch.Tensor:
         """One vectorized step per height level, backward for ``G`` and the policy, forward for ``nu``."""
         tree = _tree_structure(mdp)
         assert isinstance(tree, _Tree)
