@@ -26,6 +26,7 @@ import math
 import numpy as np
 import torch
 
+from dmd_torch.checks import all_finite
 from dmd_torch.mdp import TabularMDP, pick
 
 __all__ = [
@@ -460,7 +461,7 @@ def _check_values(values: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
     if not isinstance(values, torch.Tensor) or not values.is_floating_point():
         raise TypeError(f"init_values must be a floating-point tensor, got {values!r:.80}")
     _check_broadcasts("init_values", values, shape)
-    if not bool(torch.isfinite(values).all()):
+    if not all_finite(values):
         raise ValueError("init_values contain NaN or inf")
     return values
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from dmd_torch.checks import check_float
+from dmd_torch.checks import all_finite, check_float
 from dmd_torch.exact import PolicyOccupancy, mean_reward_policy, optimal_values, policy_occupancy, solve_exact
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.regularized import regularized_occupancy
@@ -139,7 +139,7 @@ def welfare_without(
 
 def check_solved(*values: torch.Tensor) -> None:
     """Raises if optimal values are NaN or inf (NaN or inf rewards reach them through the solvers)."""
-    if not all(bool(torch.isfinite(v).all()) for v in values):
+    if not all(all_finite(v) for v in values):
         raise ValueError("the follower's optimal values are NaN or inf: the setting produced NaN or inf rewards")
 
 

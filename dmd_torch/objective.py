@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
+from dmd_torch.checks import all_finite
 from dmd_torch.follower import EXACT, Follower, FollowerSolution
 
 if TYPE_CHECKING:
@@ -131,6 +132,6 @@ def leader_objective(
     objective = setting.objective
     solution = follower.respond(setting.mdp, r, log_weights, boosts, objective.needs_without)
     value = objective.value(setting, types, r, solution)
-    if not bool(torch.isfinite(value.detach()).all()):
+    if not all_finite(value):
         raise ValueError(f"setting {setting.name!r} produced a NaN or inf {objective.name}")
     return value

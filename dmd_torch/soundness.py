@@ -50,8 +50,9 @@ def ic_tolerance(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) 
     for weights ``[n]`` and boosts ``[S, A]``."""
     w = weights.detach().to(torch.float64).cpu()
     R = setting.reward_scale().to(torch.float64)
-    Q = horizon(setting.mdp) * (float(boosts.detach().abs().max()) + float((w * R).sum()))
-    return (TIE_TOL + 64 * _EPS) * (1.0 + Q) / float(w.min())
+    top, load, smallest = torch.stack([boosts.detach().abs().max().to(w), (w * R).sum(), w.min()]).tolist()
+    Q = horizon(setting.mdp) * (top + load)
+    return (TIE_TOL + 64 * _EPS) * (1.0 + Q) / smallest
 
 
 def check_sound(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:

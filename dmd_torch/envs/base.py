@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from dmd_torch.checks import check_int
+from dmd_torch.checks import all_finite, check_int
 from dmd_torch.exact import PolicyOccupancy
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.objective import REVENUE, LeaderObjective
@@ -215,7 +215,7 @@ class Setting(ABC):
             raise ValueError(f"types must have shape [B, n, K] = [B, {want[0]}, {want[1]}], got {tuple(types.shape)}")
         if not types.is_floating_point():
             raise ValueError(f"types must be a floating-point tensor, got {types.dtype}")
-        if not torch.isfinite(types).all():
+        if not all_finite(types):
             raise ValueError("types contain NaN or inf")
         return types
 

@@ -18,6 +18,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from dmd_torch.checks import all_finite
 from dmd_torch.config import GradientConfig
 from dmd_torch.envs.base import Setting
 from dmd_torch.mechanism import AMA
@@ -128,7 +129,7 @@ class GradientMethod(Method):
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
-                if not all(bool(torch.isfinite(p).all()) for p in params):
+                if not all(all_finite(p) for p in params):
                     raise FloatingPointError(
                         f"{self.name}: parameters became NaN or inf at step {t} of start {k}; lower the step size"
                     )

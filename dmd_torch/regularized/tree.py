@@ -24,10 +24,16 @@ __all__ = ["TreeBackend", "tree_applicable"]
 
 @dataclass(frozen=True)
 class _Tree:
-    """Structure of a history tree: ``child[s, a]`` and the flat ``(s, a)`` index of each parent."""
+    """A history tree in level order (heights 0, 1, ..., the root last), so that each level is a
+    block of consecutive states: ``order`` lists the states so, ``place`` inverts it, and each
+    level's children and parents are indices local to the level below and above."""
 
-    child: torch.Tensor  # [S, A] long (0 where terminal)
-    parent_sa: torch.Tensor  # [S] long, -1 for the root
+    order: torch.Tensor  # [S] long: the states by height
+    place: torch.Tensor  # [S] long: the position of each state in ``order``
+    sizes: list[int]  # states per level, height 0 first
+    children: list[torch.Tensor]  # per height h >= 1: [n_h, A] children among the level h - 1 states
+    parents: list[torch.Tensor]  # per height h below the root: [n_h] parent (state, action) among level h + 1's
+    root_mass: torch.Tensor  # [1, 1]: mu0 of the root
 
 
 def _tree_structure(mdp: TabularMDP) -> _Tree | str:
@@ -65,7 +71,27 @@ def _build_tree(mdp: TabularMDP) -> _Tree | str:
     parent_sa = torch.full((S,), -1, dtype=torch.long, device=mdp.device)
     sa = torch.arange(S * A, device=mdp.device).reshape(S, A)
     parent_sa[child[has_child]] = sa[has_child]
-    return _Tree(child=child, parent_sa=parent_sa)
+    levels = mdp.levels
+    assert levels is not None
+    order = torch.cat(levels)
+    place = torch.empty_like(order)
+    place[order] = torch.arange(S, device=mdp.device)
+    starts = [0]
+    for lvl in levels:
+        starts.append(starts[-1] + len(lvl))
+    children = [place[child[lvl]] - starts[h - 1] for h, lvl in enumerate(levels) if h > 0]
+    parents = []
+    for h, lvl in enumerate(levels[:-1]):
+        p_state, p_action = parent_sa[lvl] // A, parent_sa[lvl] % A
+        parents.append((place[p_state] - starts[h + 1]) * A + p_action)
+    return _Tree(
+        order=order,
+        place=place,
+        sizes=[len(lvl) for lvl in levels],
+        children=children,
+        parents=parents,
+        root_mass=mdp.mu0[roots].view(1, 1),
+    )
 
 
 def tree_applicable(mdp: TabularMDP) -> bool:
@@ -95,22 +121,14 @@ class TreeBackend(Backend):
         """One vectorized step per height level, backward for ``G`` and the policy, forward for ``nu``."""
         tree = _tree_structure(mdp)
         assert isinstance(tree, _Tree)
-        assert mdp.levels is not None
-        B, S, A = c.shape
-        G = c.new_zeros(B, S)
-        log_pi = []
-        for h, lvl in enumerate(mdp.levels):
-            q = c[:, lvl] if h == 0 else c[:, lvl] + G[:, tree.child[lvl]]
+        blocks = c.index_select(1, tree.order).split(tree.sizes, dim=1)  # [B, n_h, A] per height h
+        log_pi, G = [], c.new_zeros(0)
+        for h, block in enumerate(blocks):
+            q = block if h == 0 else block + G[:, tree.children[h - 1]]
             temp = alpha * (h + 1)
-            G = G.index_copy(1, lvl, temp * torch.logsumexp(q / temp, -1))
             log_pi.append(torch.log_softmax(q / temp, -1))
-        nu = c.new_zeros(B, S * A)
-        for lvl, lp in zip(reversed(mdp.levels), reversed(log_pi)):
-            parent = tree.parent_sa[lvl]
-            if (parent < 0).any():  # the root level
-                inflow = mdp.mu0[lvl].expand(B, -1)
-            else:
-                inflow = nu[:, parent]
-            cols = (lvl.unsqueeze(-1) * A + torch.arange(A, device=c.device)).flatten()
-            nu = nu.index_copy(1, cols, (inflow.unsqueeze(-1) * lp.exp()).flatten(1))
-        return nu.view(B, S, A)
+            G = temp * torch.logsumexp(q / temp, -1)
+        nus = [tree.root_mass * log_pi[-1].exp()]
+        for h in reversed(range(len(blocks) - 1)):
+            nus.append(nus[-1].flatten(1)[:, tree.parents[h]].unsqueeze(-1) * log_pi[h].exp())
+        return torch.cat(nus[::-1], 1).index_select(1, tree.place)
