@@ -403,7 +403,7 @@ def policy_iteration(
         # rule); the entries where some state's is not improve and go another round
         qa = mdp.q_values(ca, Va)
         thr = _near_threshold(qa, tie_tol)
-        if everyone and not bool(torch.isfinite(thr).all()):  # NaN or inf never settle: stop at once
+        if everyone and not all_finite(thr):  # NaN or inf never settle: stop at once
             raise ValueError("the rewards contain NaN or inf: policy iteration cannot compare the actions")
         keep = _is_near(qa, thr, pa)
         moved = (~keep).any(-1).nonzero().squeeze(-1)

@@ -86,7 +86,7 @@ class TabularMDP:
         if ((self.next_states < 0) | (self.next_states >= S)).any():
             raise ValueError(f"next_states must lie in 0..{S - 1}")
         for name, t in (("next_probs", self.next_probs), ("mu0", self.mu0)):
-            if not torch.isfinite(t).all() or (t < 0).any():
+            if not checks.all_finite(t) or (t < 0).any():
                 raise ValueError(f"{name} must be finite and non-negative")
         row = self.next_probs.sum(-1)
         if (row > 1 + _PROB_TOL).any():

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmd_torch.checks import check_finite
+from dmd_torch.checks import all_finite, check_finite
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import EXACT, RegularizedFollower
 from dmd_torch.objective import leader_objective, payments
@@ -88,9 +88,9 @@ class AMA(nn.Module):
             raise ValueError(f"weights must have shape [n] = [{n}], got {tuple(w.shape)}")
         if b.shape != (S, A):
             raise ValueError(f"boosts must have shape [S, A] = [{S}, {A}], got {tuple(b.shape)}")
-        if not torch.isfinite(w).all() or (w <= 0).any():
+        if not all_finite(w) or (w <= 0).any():
             raise ValueError(f"weights must be finite and > 0, got {w.tolist()}")
-        if not torch.isfinite(b).all():
+        if not all_finite(b):
             raise ValueError("boosts contain NaN or inf")
         self.log_weights = nn.Parameter(w.log(), requires_grad=setting.optimize_weights)
         self.boosts = nn.Parameter(b, requires_grad=setting.optimize_boosts)

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from dmd_torch.checks import all_finite
 from dmd_torch.envs import Setting, setting_from_config
 from dmd_torch.files import atomic_write, write_json
 from dmd_torch.mechanism import AMA
@@ -44,7 +45,7 @@ def _check_numbers(name: str, values: Any) -> torch.Tensor:
         t = torch.tensor(values, dtype=torch.float64)
     except (TypeError, ValueError) as err:
         raise ValueError(f"mechanism {name} must be numbers: {err}") from None
-    if not torch.isfinite(t).all():
+    if not all_finite(t):
         raise ValueError(f"mechanism {name} contain NaN or inf")
     return t
 
@@ -132,7 +133,7 @@ def _from_state_dict(path: Path, state: Any, setting: Setting | None) -> AMA:
         if not isinstance(value, torch.Tensor) or value.shape != want.shape:
             shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
             raise ValueError(f"{path}: {name} must be a tensor of shape {tuple(want.shape)}, got {shape}")
-        if not value.is_floating_point() or not torch.isfinite(value).all():
+        if not value.is_floating_point() or not all_finite(value):
             raise ValueError(f"{path} holds NaN, inf or non-numeric {name}")
     ama.load_state_dict(state)
     return ama

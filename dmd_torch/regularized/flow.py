@@ -188,15 +188,15 @@ def implicit_occupancy_vjp(mdp: TabularMDP, nu: torch.Tensor, alpha: float, grad
     Returns:
         ``dL/dc`` with shape ``[B, S, A]``.
     """
-    w = nu / alpha
-    dg = w * grad
     # Entries without an incoming gradient (e.g. problems read by the envelope theorem only) give 0.
     some = (grad != 0).flatten(1).any(-1)
     if not some.all():
-        out = torch.zeros_like(dg)
+        out = torch.zeros_like(nu)
         if some.any():
             out[some] = implicit_occupancy_vjp(mdp, nu[some], alpha, grad[some])
         return out
+    w = nu / alpha
+    dg = w * grad
     # States with negligible outflow carry no weight in the result; leaving them out also keeps H
     # well conditioned when nu comes from a solver whose tiniest entries are noise.
     outflow = nu.sum(-1)

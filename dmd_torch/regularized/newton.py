@@ -213,9 +213,11 @@ def _newton(
         idx = active.nonzero().flatten()
         z_a, nu_a, r_a, V_a, e_a = z[idx], nu[idx], res[idx], V[idx], err[idx]
         u = _balance(mdp, nu_a, alpha) * mask[..., 0]
-        dz = -flow_transpose(mdp, u) / alpha
-        change, noise = _dual_change(mdp, z_a, nu_a, u, dz, mask, alpha)
-        keep = (u != 0).any(-1) & torch.isfinite(change) & (change < -noise)
+        keep = (u != 0).any(-1)
+        if keep.any():  # kept where the dual objective falls beyond its rounding level
+            dz = -flow_transpose(mdp, u) / alpha
+            change, noise = _dual_change(mdp, z_a, nu_a, u, dz, mask, alpha)
+            keep &= torch.isfinite(change) & (change < -noise)
         if keep.any():
             z_a = torch.where(keep.view(-1, 1, 1), z_a + dz, z_a)
             V_a = torch.where(keep.view(-1, 1), V_a + u, V_a)
