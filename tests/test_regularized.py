@@ -22,6 +22,7 @@ from dmd_torch.regularized import (
     regularized_occupancy,
     tree_applicable,
 )
+from dmd_torch.regularized.flow import flow_hessian, flow_newton_solve
 from dmd_torch.regularized.layer import CvxpyLayersOptions
 from dmd_torch.regularized.newton import NewtonOptions
 
@@ -492,3 +493,18 @@ def test_vjp_skips_entries_without_gradient() -> None:
     assert (full[1] == 0).all() and (full[3] == 0).all()
     for k in (0, 2):
         torch.testing.assert_close(full[k], implicit_occupancy_vjp(mdp, nu[k : k + 1], 0.1, g[k : k + 1])[0])
+
+
+def test_newton_solve_in_chunks_equals_one_block() -> None:
+    """The Newton systems solved a few matrices at a time give the one-block solution, which solves them."""
+    gen = torch.Generator().manual_seed(5)
+    mdp = discounted_mdp(gen, S=7)
+    w = torch.rand(9, *mdp.shape, generator=gen, dtype=torch.float64) + 0.1
+    rhs = torch.randn(9, mdp.num_states, generator=gen, dtype=torch.float64)
+    x, diag = flow_newton_solve(mdp, w, rhs)
+    x2, diag2 = flow_newton_solve(mdp, w, rhs, chunk_bytes=2 * 7 * 7 * 8)  # 2 matrices per chunk
+    H = flow_hessian(mdp, w)
+    torch.testing.assert_close(torch.linalg.solve(H, rhs.unsqueeze(-1)).squeeze(-1), x, rtol=1e-9, atol=1e-11)
+    torch.testing.assert_close(x2, x, rtol=0, atol=0)
+    torch.testing.assert_close(diag2, H.diagonal(dim1=-2, dim2=-1), rtol=0, atol=0)
+    torch.testing.assert_close(diag, diag2, rtol=0, atol=0)

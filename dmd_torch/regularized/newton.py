@@ -42,13 +42,12 @@ from dmd_torch.regularized.flow import (
     RegularizedSolveError,
     attach_implicit_grad,
     entries,
-    flow_hessian,
+    flow_newton_solve,
     flow_residual,
     flow_structure,
     flow_transpose,
     format_values,
     name_entries,
-    solve_flow_system,
 )
 
 __all__ = ["NewtonBackend", "NewtonOptions", "NEWTON_TOL", "NEWTON_MAX_ITER"]
@@ -223,12 +222,11 @@ def _newton(
             V_a = torch.where(keep.view(-1, 1), V_a + u, V_a)
             nu_a = z_a.exp() * mask
             r_a, e_a = _relative_residual(mdp, nu_a)
-        H = flow_hessian(mdp, nu_a / alpha)
-        step = solve_flow_system(H, r_a)  # H u = M nu - mu0
+        step, curvature = flow_newton_solve(mdp, nu_a / alpha, r_a)  # H u = M nu - mu0
         slope = -(r_a * step).sum(-1)  # directional derivative of the dual objective along u
         poor = ~(slope < 0)  # H too ill-conditioned for a descent direction: a Jacobi step instead
         if poor.any():
-            jacobi = r_a / H.diagonal(dim1=-2, dim2=-1).clamp_min(TINY)
+            jacobi = r_a / curvature.clamp_min(TINY)
             step = torch.where(poor.unsqueeze(-1), jacobi, step)
             slope = -(r_a * step).sum(-1)
         dz = -flow_transpose(mdp, step) / alpha  # change of the exponent per unit step
