@@ -39,7 +39,9 @@ class RunLogger:
         tensorboard: Write TensorBoard event files.
         progress: Show the progress bar.
         log_every: Training steps per TensorBoard point and bar refresh (each point: the means of
-            the steps since the last one); held-out evaluations and grid batches are all written.
+            the steps of one start since the last point, written at the window's last step; a start's
+            last, shorter window is written when the next start begins or the logger closes);
+            held-out evaluations and grid batches are all written.
     """
 
     def __init__(self, directory: Path, total: int, setting: Setting, tensorboard: bool = True, progress: bool = True,
@@ -47,6 +49,7 @@ class RunLogger:
         self.setting = setting
         self.log_every = check_int("log_every", log_every)
         self._window: list[tuple[float, float]] = []  # (objective, grad norm) of the steps not yet written
+        self._last: StepEvent | None = None  # the window's last training step
         self.writer = SummaryWriter(log_dir=str(directory)) if tensorboard else None
         self.bar = tqdm(total=total, disable=not progress, dynamic_ncols=True, desc="train", unit="step")
         self.train: list[tuple[int, int, float]] = []  # (step, start, objective)
@@ -71,17 +74,12 @@ class RunLogger:
         elif ev.phase == "train":
             objective = float(ev.objective)
             self.train.append((ev.step, ev.start, objective))
+            if self._last is not None and self._last.start != ev.start:
+                self._write_window()  # a window never mixes two starts
             self._window.append((objective, float(ev.grad_norm)))
+            self._last = ev
             if ev.step % self.log_every == 0:
-                mean_obj = sum(x for x, _ in self._window) / len(self._window)
-                if w is not None:
-                    w.add_scalar("train/objective", mean_obj, ev.step)
-                    w.add_scalar("train/grad_norm", sum(g for _, g in self._window) / len(self._window), ev.step)
-                    if self.setting.optimize_weights:
-                        self._weights(ev)
-                self._window.clear()
-                self.bar.set_description(f"train start {ev.start}", refresh=False)
-                self.bar.set_postfix(obj=f"{mean_obj:.4f}", best=self._fmt(self.best), refresh=False)
+                self._write_window()
         elif ev.phase == "eval":
             self.evals.append((ev.step, ev.start, float(ev.heldout)))
             self.best = ev.best
@@ -92,6 +90,22 @@ class RunLogger:
                 self._weights(ev)
             self.bar.set_postfix(heldout=f"{ev.heldout:.4f}", best=self._fmt(self.best), refresh=False)
         self.bar.update(ev.advance)
+
+    def _write_window(self) -> None:
+        """Writes the means of the window's steps at its last step, and empties it."""
+        ev = self._last
+        if not self._window or ev is None:
+            return
+        mean_obj = sum(x for x, _ in self._window) / len(self._window)
+        w = self.writer
+        if w is not None:
+            w.add_scalar("train/objective", mean_obj, ev.step)
+            w.add_scalar("train/grad_norm", sum(g for _, g in self._window) / len(self._window), ev.step)
+            if self.setting.optimize_weights:
+                self._weights(ev)
+        self._window.clear()
+        self.bar.set_description(f"train start {ev.start}", refresh=False)
+        self.bar.set_postfix(obj=f"{mean_obj:.4f}", best=self._fmt(self.best), refresh=False)
 
     @staticmethod
     def _fmt(x: float | None) -> str:
@@ -111,7 +125,8 @@ class RunLogger:
         self.writer.add_hparams(hp, mt, run_name=".")
 
     def close(self) -> None:
-        """Flushes and closes the event file and the progress bar."""
+        """Writes the last window, flushes and closes the event file and the progress bar."""
+        self._write_window()
         self.bar.close()
         if self.writer is not None:
             self.writer.close()

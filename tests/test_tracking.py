@@ -26,3 +26,18 @@ def test_training_points_are_the_means_of_each_window(tmp_path):
     assert len(logger.train) == 6  # the curve keeps every step
     with pytest.raises(ValueError, match="log_every"):
         RunLogger(tmp_path, 1, setting, tensorboard=False, progress=False, log_every=0)
+
+
+def test_a_window_never_mixes_two_starts(tmp_path):
+    """Starts of 4 steps at log_every = 3: each start's last step closes a shorter window of its own."""
+    setting = make_env("seq_sales", n_agents=2, size=2)
+    ama = AMA(setting)
+    logger = RunLogger(tmp_path, 8, setting, tensorboard=True, progress=False, log_every=3)
+    for step in range(1, 9):
+        start = (step - 1) // 4
+        logger(StepEvent("train", step, start, 1, ama, objective=float(step), grad_norm=1.0))
+    logger.close()
+    acc = EventAccumulator(str(tmp_path))
+    acc.Reload()
+    # start 0: steps 1-3 (point at 3), then 4 alone; start 1: 5-6 (point at 6), then 7-8 at close
+    assert [(e.step, e.value) for e in acc.Scalars("train/objective")] == [(3, 2.0), (4, 4.0), (6, 5.5), (8, 7.5)]
