@@ -191,7 +191,7 @@ def flow_newton_solve(
 
     The batch goes through in chunks whose matrices take at most ``chunk_bytes``: a
     larger block would come from a fresh ``mmap`` each time (glibc's threshold stops at 32 MiB)
-    and page-fault in again (on the matching MDP with 222 states, a batch of 100 took 1.3x longer).
+    and page-fault in again (docs/benchmarks.md, "The Newton systems").
     """
     B, S, _ = w.shape
     chunk = max(1, chunk_bytes // (S * S * w.element_size()))
