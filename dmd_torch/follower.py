@@ -205,9 +205,8 @@ class ExactFollower(Follower):
         candidate_start: On discounted MDPs, start policy iteration of the full problem from each
             parameter vector's mean-reward policy (:func:`~dmd_torch.exact.mean_reward_policy`;
             grid search, whose large boosts dominate the rewards) and of the problems without an
-            agent from the full problem's optimal policy (10% faster grid search on the gridworld
-            than from the mean-reward policy), instead of the default start and, for the problems
-            without an agent, value iteration from the full problem's values.
+            agent from the full problem's optimal policy, instead of the default start and, for
+            the problems without an agent, value iteration from the full problem's values.
     """
 
     candidate_start: bool = False
