@@ -22,7 +22,7 @@ from dmd_torch.regularized import (
     regularized_occupancy,
     tree_applicable,
 )
-from dmd_torch.regularized.flow import flow_hessian, flow_newton_solve
+from dmd_torch.regularized.systems import flow_hessian, flow_newton_solve
 from dmd_torch.regularized.layer import CvxpyLayersOptions
 from dmd_torch.regularized.newton import NewtonOptions
 
@@ -78,6 +78,13 @@ def discounted_mdp(gen: torch.Generator, S: int = 5, A: int = 3, K: int = 2, gam
     pr = torch.rand(S, A, K, generator=gen, dtype=DT)
     mu0 = torch.rand(S, generator=gen, dtype=DT) + 0.1
     return TabularMDP(list(range(S)), list(range(A)), ns, pr / pr.sum(-1, keepdim=True), mu0 / mu0.sum(), gamma)
+
+
+def matching_mdp(n: int, m: int) -> TabularMDP:
+    """The dynamic matching MDP (:mod:`dmd_torch.envs.matching`)."""
+    from dmd_torch.envs import make_env
+
+    return make_env("matching", n_agents=n, size=m).mdp
 
 
 def one_state(A: int = 3, gamma: float = 0.9) -> TabularMDP:
@@ -230,6 +237,7 @@ FD_CASES = (
     (lambda gen: layered_mdp(gen, widths=(2, 2), A=2), "cvxpylayers"),
     (lambda gen: discounted_mdp(gen, S=3, A=2), "newton"),
     (lambda gen: discounted_mdp(gen, S=3, A=2), "cvxpylayers"),
+    (lambda gen: matching_mdp(3, 3), "newton"),  # 100 states: its Newton systems eliminate the leaves first
 )
 
 

@@ -29,9 +29,10 @@ import torch
 
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.regularized.base import Backend
-from dmd_torch.regularized.flow import RegularizedSolveError, flow_residual, implicit_occupancy_vjp
+from dmd_torch.regularized.flow import RegularizedSolveError, flow_residual
 from dmd_torch.regularized.layer import CvxpyLayersBackend
 from dmd_torch.regularized.newton import NewtonBackend
+from dmd_torch.regularized.systems import implicit_occupancy_vjp
 from dmd_torch.regularized.tree import TreeBackend, tree_applicable
 
 __all__ = [

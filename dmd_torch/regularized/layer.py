@@ -3,7 +3,7 @@
 This is the route of the paper's reference implementation (a conic solver with a differentiable
 layer). The forward is the layer's (Clarabel by default, tight tolerances), checked a posteriori
 against the optimality conditions. By default the backward is the implicit-function gradient
-(:func:`~dmd_torch.regularized.flow.implicit_occupancy_vjp`, as ``newton``): at small ``alpha``
+(:func:`~dmd_torch.regularized.systems.implicit_occupancy_vjp`, as ``newton``): at small ``alpha``
 the occupancies of a peaked policy fall to 1e-20 and below, which makes diffcp's exponential-cone
 derivative degenerate, so the layer's own backward (``layer_backward=True``) is wrong there and
 warns below ``alpha = 0.3``.
@@ -24,7 +24,6 @@ from dmd_torch.regularized.base import Backend
 from dmd_torch.regularized.flow import (
     TINY,
     RegularizedSolveError,
-    attach_implicit_grad,
     entries,
     flow_residual,
     flow_transpose,
@@ -32,6 +31,7 @@ from dmd_torch.regularized.flow import (
     mdp_cache,
     name_entries,
 )
+from dmd_torch.regularized.systems import attach_implicit_grad
 
 __all__ = ["CvxpyLayersBackend", "CvxpyLayersOptions", "LAYER_CHECK_TOL", "LAYER_BACKWARD_MIN_ALPHA",
            "DEFAULT_LAYER_SOLVER_ARGS"]

@@ -5,7 +5,7 @@ The dual of the paper's equation 13 is the smooth, convex
 ``nu = exp((c - M^T V) / alpha - 1)``. Newton's method (with a backtracking line search) from a warm
 start that is exact on history trees solves it to the flow residual ``tol``; the solution is
 differentiated by the implicit function theorem
-(:func:`~dmd_torch.regularized.flow.implicit_occupancy_vjp`).
+(:func:`~dmd_torch.regularized.systems.implicit_occupancy_vjp`).
 
 Two accelerations, neither of which changes the problem solved:
 
@@ -40,15 +40,14 @@ from dmd_torch.regularized.flow import (
     EPS,
     TINY,
     RegularizedSolveError,
-    attach_implicit_grad,
     entries,
-    flow_newton_solve,
     flow_residual,
     flow_structure,
     flow_transpose,
     format_values,
     name_entries,
 )
+from dmd_torch.regularized.systems import attach_implicit_grad, flow_newton_solve
 
 __all__ = ["NewtonBackend", "NewtonOptions", "NEWTON_TOL", "NEWTON_MAX_ITER"]
 
