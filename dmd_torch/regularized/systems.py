@@ -63,6 +63,14 @@ def flow_hessian(mdp: TabularMDP, w: torch.Tensor) -> torch.Tensor:
     return H.view(B, S, S)
 
 
+def _jacobi_scale(diag: torch.Tensor, alive: torch.Tensor | None) -> torch.Tensor:
+    """``diag^(-1/2)`` on the states taking part in the system, 0 on the others (:func:`solve_flow_system`)."""
+    if alive is None:
+        alive = diag > NEGLIGIBLE * diag.amax(-1, keepdim=True)
+    alive = alive & (diag > TINY)
+    return torch.where(alive, diag.clamp_min(TINY).rsqrt(), torch.zeros_like(diag))
+
+
 def solve_flow_system(H: torch.Tensor, rhs: torch.Tensor, alive: torch.Tensor | None = None) -> torch.Tensor:
     """Solves ``H x = rhs`` for the positive semi-definite ``H = M D M^T``, batched; ``H`` is overwritten.
 
@@ -74,13 +82,9 @@ def solve_flow_system(H: torch.Tensor, rhs: torch.Tensor, alive: torch.Tensor | 
     The rescaling works in place and the factor is applied by two triangular solves (on CPU both
     cost a fraction of the copies of ``cholesky_solve``: 3x less at 222 states).
     """
-    diag = H.diagonal(dim1=-2, dim2=-1)
-    if alive is None:
-        alive = diag > NEGLIGIBLE * diag.amax(-1, keepdim=True)
-    alive = alive & (diag > TINY)
-    scale = torch.where(alive, diag.clamp_min(TINY).rsqrt(), torch.zeros_like(diag))
+    scale = _jacobi_scale(H.diagonal(dim1=-2, dim2=-1), alive)
     Hs = H.mul_(scale.unsqueeze(-1)).mul_(scale.unsqueeze(-2))
-    Hs.diagonal(dim1=-2, dim2=-1).add_((~alive).to(H.dtype))
+    Hs.diagonal(dim1=-2, dim2=-1).add_((scale == 0).to(H.dtype))
     b = (rhs * scale).unsqueeze(-1)
     L, info = torch.linalg.cholesky_ex(Hs)
     ok = info == 0
@@ -152,11 +156,8 @@ class LeafElimination:
         diag[:, self.inner] = Hnn.diagonal(dim1=-2, dim2=-1)
         diag[:, self.leaves.flatten()] = Hbb.diagonal(dim1=-2, dim2=-1).flatten(1)
         d = diag[:, :S]
-        if alive is None:
-            alive = d > NEGLIGIBLE * d.amax(-1, keepdim=True)
-        alive = alive & (d > TINY)
         scale = w.new_zeros(B, S + 1)
-        scale[:, :S] = torch.where(alive, d.clamp_min(TINY).rsqrt(), torch.zeros_like(d))
+        scale[:, :S] = _jacobi_scale(d, alive)
         s_n, s_b = scale[:, self.inner], scale[:, self.leaves]  # [B, N], [B, nb, k]
         s_p = s_n[:, self.parents]  # [B, nb, p]
         Hnn.mul_(s_n.unsqueeze(-1)).mul_(s_n.unsqueeze(-2)).diagonal(dim1=-2, dim2=-1).add_((s_n == 0).to(w.dtype))
