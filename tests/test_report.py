@@ -282,6 +282,22 @@ def test_extra_cells_and_foreign_settings(tmp_path):
     assert "Check" not in own and "AAAI-24" not in own  # no published figures to check against
 
 
+def test_a_table_of_defaults_only_claims_no_paper_hyperparameters(tmp_path):
+    """A setting outside the paper run only at the library's defaults: the note names those columns
+    as the defaults and none as the paper's section-5 hyperparameters."""
+    root = tmp_path / "own"
+    for method, mean in (("grid", 0.9), ("reg_lp", 1.1)):
+        run = fake_results("scheduling_sym", 2, 4, method, mean, 1.3, variant=method)
+        run["setting"] = "scheduling_sym_clamped"
+        put(root, run)
+    written = write_reports(root)
+    own = (root / "scheduling_sym_clamped.md").read_text(encoding="utf-8")
+    assert sorted(written) == ["scheduling_sym_clamped"]
+    assert "section-5" not in own
+    assert ("* grid (ours), regularized LP (ours): this library's configurations (method=<name>: the defaults), "
+            "not in the paper (no published figure).") in own
+
+
 def test_write_reports_files(table1_runs, tmp_path):
     out = tmp_path / "report"
     written = write_reports(table1_runs, out)
