@@ -465,7 +465,7 @@ def render_markdown(spec: TableSpec, rows: Sequence[Row]) -> str:
     if spec.number is not None:
         notes.append(f"* Paper (caption of Table {spec.number}): standard errors < {spec.paper_stderr_bound:g}; "
                      f"runtime {paper_hours}.")
-    paper_runs = [k for k in methods if k in METHODS]
+    paper_runs = [k for k in methods if k in METHODS and any(k in row.runs for row in rows)]  # run, not only shown
     if variants:
         ours_text = (f"{', '.join(_label(k) for k in variants)}: this library's configurations "
                      "(method=<name>: the defaults), not in the paper (no published figure)")

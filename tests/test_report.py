@@ -296,6 +296,12 @@ def test_a_table_of_defaults_only_claims_no_paper_hyperparameters(tmp_path):
     assert "section-5" not in own
     assert ("* grid (ours), regularized LP (ours): this library's configurations (method=<name>: the defaults), "
             "not in the paper (no published figure).") in own
+    # a paper table shows the paper's columns even where none ran; the note names only what ran
+    beyond = tmp_path / "beyond"
+    put(beyond, fake_results("seq_sales_sym", 6, 4, "reg_lp", 1.45, 1.2, variant="reg_lp"))
+    md = render_markdown(TABLES[1], build_rows(TABLES[1], collect_results(beyond)))
+    assert "section-5" not in md
+    assert "* regularized LP (ours): this library's configurations (method=<name>: the defaults)" in md
 
 
 def test_write_reports_files(table1_runs, tmp_path):
