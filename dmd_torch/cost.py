@@ -5,15 +5,17 @@ actions, where a profile has ``n + 1`` problems when the objective needs the pro
 agent (revenue) and one otherwise. The model is linear in them:
 
 * time of one exact evaluation of ``P`` profiles: ``eval_overhead_s + eval_s * P * E``;
-* time of one training step: ``step_overhead_s + step_s * profiles_per_step * E`` per method (the
-  zeroth-order step includes its perturbed exact solves);
+* time of one training step: ``step_overhead_s + step_s * profiles_per_step * E + step_cubic_s *
+  profiles_per_step * problems * N^3`` per method (the zeroth-order step includes its perturbed
+  exact solves; ``N`` is the order of the dense system a Newton iteration of the regularized LP
+  factors, :func:`~dmd_torch.regularized.newton_system_size`, 0 on history trees);
 * time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``;
 * peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
   once (one evaluation batch, or one training step's profiles), plus what grid search holds whole:
   its training profiles' rewards and its candidates' coordinates,
 
 where ``E = problems * S * A``. ``scripts/bench_scaling.py`` measures the constants per setting
-(time and peak memory as the sizes grow; times by least squares on relative errors) and writes them to
+(time and peak memory as the sizes grow; times by nonnegative least squares on relative errors) and writes them to
 the package data ``dmd_torch/data/cost_model.json``; a setting it has not measured (a user's) takes
 the largest constant of those measured.
 
@@ -27,11 +29,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from dmd_torch.regularized import newton_system_size
 from dmd_torch.runtime import MAX_BATCH_ELEMENTS
 
 if TYPE_CHECKING:
@@ -47,6 +50,7 @@ __all__ = [
     "elements",
     "check_fits",
     "estimate",
+    "step_seconds",
     "format_duration",
     "MODEL_FILE",
 ]
@@ -64,6 +68,8 @@ class CostModel:
         eval_overhead_s: Seconds per exact evaluation, whatever its size.
         step_s: Seconds per element of a training step, by method (``reg_lp``, ``zeroth_order``).
         step_overhead_s: Seconds per training step, by method.
+        step_cubic_s: Seconds per problem and cubed Newton system order of a training step, by
+            method (absent: 0).
         grid_s: Seconds per element of scoring a grid candidate.
         grid_overhead_s: Seconds per grid candidate.
         bytes_per_element: Peak bytes per element held at once.
@@ -76,6 +82,7 @@ class CostModel:
     grid_s: float
     grid_overhead_s: float
     bytes_per_element: float
+    step_cubic_s: dict[str, float] = field(default_factory=dict)
 
 
 @lru_cache(maxsize=1)
@@ -83,7 +90,8 @@ def _models() -> dict[str, CostModel]:
     text = resources.files("dmd_torch").joinpath("data", MODEL_FILE).read_text(encoding="utf-8")
     raw = json.loads(text)["settings"]
     return {k: CostModel(v["eval_s"], v["eval_overhead_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
-                         v["grid_overhead_s"], v["bytes_per_element"]) for k, v in raw.items()}
+                         v["grid_overhead_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})))
+            for k, v in raw.items()}
 
 
 def cost_model(setting_name: str) -> CostModel:
@@ -97,7 +105,8 @@ def cost_model(setting_name: str) -> CostModel:
     return CostModel(max(m.eval_s for m in ms), max(m.eval_overhead_s for m in ms),
                      {k: max(m.step_s.get(k, 0.0) for m in ms) for k in methods},
                      {k: max(m.step_overhead_s.get(k, 0.0) for m in ms) for k in methods},
-                     max(m.grid_s for m in ms), max(m.grid_overhead_s for m in ms), max(m.bytes_per_element for m in ms))
+                     max(m.grid_s for m in ms), max(m.grid_overhead_s for m in ms), max(m.bytes_per_element for m in ms),
+                     {k: max(m.step_cubic_s.get(k, 0.0) for m in ms) for k in methods})
 
 
 def available_memory() -> int:
@@ -175,6 +184,21 @@ def check_fits(name: str, n_agents: int, size: int, states: int, actions: int, s
             "available; allowed: smaller sizes (docs/benchmarks.md, scaling)")
 
 
+def step_seconds(model: CostModel, setting: Setting, cfg: MethodConfig) -> float:
+    """One training step of the gradient method ``cfg`` (``reg_lp`` or ``zeroth_order``) on
+    ``setting``: overhead, the linear term in the elements and, for ``reg_lp``, the cubic one in
+    the Newton system's order (module docstring)."""
+    S, A = setting.mdp.shape
+    needs_without = setting.objective.needs_without
+    step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * elements(
+        setting.n_agents, S, A, needs_without)
+    cubic = model.step_cubic_s.get(cfg.name, 0.0)
+    if cubic and cfg.name == "reg_lp":
+        problems = setting.n_agents + 1 if needs_without else 1
+        step += cubic * cfg.profiles_per_step * problems * newton_system_size(setting.mdp, cfg.backend) ** 3
+    return step
+
+
 def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: int = 2_000,
              eval_profiles: int = 10_000) -> CostEstimate:
     """The :class:`CostEstimate` of training ``setting`` with ``method`` (a
@@ -207,7 +231,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
         starts = cfg.multistart.starts
-        step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * E
+        step = step_seconds(model, setting, cfg)
         evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
         train = starts * cfg.steps * step + evals * exact(heldout_profiles)
         train += grid(cfg.multistart.grid_points, cfg.multistart.grid_profiles)

@@ -9,12 +9,16 @@ each (so that peak memory is that size's own, glibc's default allocator):
 * exact evaluation of ``--profiles`` profiles (the mechanism at its initial parameters): where a
   first pass on ``--probe`` profiles predicts more than ``--max-seconds``, the time is
   extrapolated linearly from it and marked ``~``;
-* one training step of ``reg_lp`` and ``zeroth_order`` at their defaults (the mean of a few), and
-  one grid candidate at the defaults' profiles (from a short search);
+* one training step of ``reg_lp`` and ``zeroth_order`` at their defaults: the time of a run of
+  ``2k`` steps less that of ``k`` steps, over ``k``, each the faster of two runs (a run's setup and
+  first-touch costs cancel; ``k`` steps take about half a second), and one grid candidate at the
+  defaults' profiles (the same difference between searches of ``2k`` and ``k`` candidates);
 * the peak resident memory above the process's baseline, sampled every 2 ms.
 
 The model of :mod:`dmd_torch.cost` is fitted per setting: each time as ``overhead + rate x
-elements`` (least squares on relative errors), memory as the largest bytes per element held.
+elements``, the regularized LP's step with a third term ``rate x profiles x problems x N^3`` in the
+order ``N`` of its Newton systems (nonnegative least squares on relative errors), memory as the
+largest bytes per element held.
 ``--write-model`` writes the constants to ``dmd_torch/data/cost_model.json`` (whole, then
 renamed). The script then prints, per setting and method, the largest size whose default training
 run the model puts within ``--budget`` seconds (10 minutes), and a Markdown table of the
@@ -94,6 +98,7 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
     from dmd_torch.cost import elements
     from dmd_torch.evaluation import objective_values
     from dmd_torch.methods import make_method
+    from dmd_torch.regularized import newton_system_size
 
     torch.set_num_threads(1)
     out: dict = {"setting": name, "n": n, "m": m}
@@ -123,26 +128,31 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
     out.update(eval_s=t_eval, eval_profiles=profiles, eval_rows=rows, eval_bytes=mem.bytes)
     held = setting.checked_sample(2, gen)
     step_bytes = 0
+    out.update(problems=E // (S * A), newton_n=newton_system_size(setting.mdp))
     for method in STEP_METHODS:
-        steps = 1
-        while True:  # enough steps for ~1 s, at most 20
-            meth = make_method(method, steps=steps, eval_every=steps, multistart={"starts": 1})
-            with PeakMemory() as mem:
-                t = time.perf_counter()
-                meth.run(AMA(setting), heldout=held, seed=0)
-                dt = time.perf_counter() - t
-            step_bytes = max(step_bytes, mem.bytes)
-            if dt > 1.0 or steps >= 20:
-                break
-            steps = min(20, max(steps + 1, int(steps * 1.2 / max(dt, 1e-3)) + 1))
-        out[f"{method}_step_s"] = dt / steps
-        out[f"{method}_pps"] = meth.config.profiles_per_step
-    grid = make_method("grid")
-    points = max(1, min(50, int(2.0 / max(1e-9, t_eval / profiles * grid.config.profiles))))
-    meth = make_method("grid", num_points=points, refine_rounds=0)
-    t = time.perf_counter()
-    meth.run(AMA(setting), heldout=held, seed=0)
-    out.update(grid_candidate_s=(time.perf_counter() - t) / points, grid_profiles=grid.config.profiles,
+        def run(steps: int) -> float:  # seconds of a run of ``steps`` steps from one start
+            t = time.perf_counter()
+            make_method(method, steps=steps, eval_every=steps, multistart={"starts": 1}).run(
+                AMA(setting), heldout=held, seed=0)
+            return time.perf_counter() - t
+
+        run(1)  # lazy imports, first touch
+        with PeakMemory() as mem:  # the sampling thread would slow small steps: memory from one step only
+            first = run(1)
+        step_bytes = max(step_bytes, mem.bytes)
+        k = max(2, min(200, int(0.5 / first)))
+        short, long = min(run(k), run(k)), min(run(2 * k), run(2 * k))  # the faster of two: less noise
+        out[f"{method}_step_s"] = (long - short) / k if long > short else long / (2 * k)
+        out[f"{method}_pps"] = make_method(method).config.profiles_per_step
+    def search(points: int) -> float:  # seconds of a grid search of ``points`` candidates
+        t = time.perf_counter()
+        make_method("grid", num_points=points, refine_rounds=0).run(AMA(setting), heldout=held, seed=0)
+        return time.perf_counter() - t
+
+    grid_profiles = make_method("grid").config.profiles
+    k = max(1, min(100, int(1.0 / max(1e-9, t_eval / profiles * grid_profiles))))
+    short, long = min(search(k), search(k)), min(search(2 * k), search(2 * k))  # the setup cancels
+    out.update(grid_candidate_s=(long - short) / k if long > short else long / (2 * k), grid_profiles=grid_profiles,
                step_bytes=step_bytes)
     queue.put(out)
 
@@ -161,24 +171,27 @@ def run_size(name: str, n: int, m: int, args: argparse.Namespace) -> dict:
     return queue.get()
 
 
-def fit(x: list[float], t: list[float]) -> tuple[float, float]:
-    """``(overhead, rate)`` of ``t ~ overhead + rate * x``, least squares on relative errors, both >= 0."""
-    X, T = np.asarray(x, dtype=float), np.asarray(t, dtype=float)
-    design = np.stack([np.ones_like(X), X], 1) / T[:, None]
-    coef, *_ = np.linalg.lstsq(design, np.ones_like(T), rcond=None)
-    overhead, rate = float(coef[0]), float(coef[1])
-    if overhead < 0 or rate <= 0:  # through the origin instead
-        overhead, rate = 0.0, float(np.sum(X * T / T**2) / np.sum(X**2 / T**2))
-    return max(overhead, 0.0), rate
+def fit(columns: list[list[float]], t: list[float]) -> list[float]:
+    """``[overhead, rate_1, ...]`` of ``t ~ overhead + sum_j rate_j * columns[j]``, nonnegative least
+    squares on relative errors."""
+    from scipy.optimize import nnls
+
+    T = np.asarray(t, dtype=float)
+    design = np.stack([np.ones_like(T), *(np.asarray(c, dtype=float) for c in columns)], 1) / T[:, None]
+    coef, _ = nnls(design, np.ones_like(T))
+    return [float(x) for x in coef]
 
 
 def model_of(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
-    eval_o, eval_s = fit([r["eval_profiles"] * r["elements"] for r in ok], [r["eval_s"] for r in ok])
+    eval_o, eval_s = fit([[r["eval_profiles"] * r["elements"] for r in ok]], [r["eval_s"] for r in ok])
     steps = {}
     for method in STEP_METHODS:
-        steps[method] = fit([r[f"{method}_pps"] * r["elements"] for r in ok], [r[f"{method}_step_s"] for r in ok])
-    grid_o, grid_s = fit([r["grid_profiles"] * r["elements"] for r in ok], [r["grid_candidate_s"] for r in ok])
+        linear = [r[f"{method}_pps"] * r["elements"] for r in ok]
+        cubic = [r[f"{method}_pps"] * r["problems"] * r["newton_n"] ** 3 for r in ok]
+        times = [r[f"{method}_step_s"] for r in ok]
+        steps[method] = fit([linear, cubic], times) if method == "reg_lp" and any(cubic) else [*fit([linear], times), 0.0]
+    grid_o, grid_s = fit([[r["grid_profiles"] * r["elements"] for r in ok]], [r["grid_candidate_s"] for r in ok])
     from dmd_torch.runtime import MAX_BATCH_ELEMENTS
 
     per_element = [r["eval_bytes"] / min(MAX_BATCH_ELEMENTS, r["eval_rows"] * r["elements"]) for r in ok
@@ -186,6 +199,7 @@ def model_of(rows: list[dict]) -> dict:
     return {
         "eval_s": eval_s, "eval_overhead_s": eval_o,
         "step_s": {k: v[1] for k, v in steps.items()}, "step_overhead_s": {k: v[0] for k, v in steps.items()},
+        "step_cubic_s": {k: v[2] for k, v in steps.items()},
         "grid_s": grid_s, "grid_overhead_s": grid_o,
         "bytes_per_element": max(per_element, default=64.0),
         "measured": [[r["n"], r["m"]] for r in ok],
@@ -304,7 +318,8 @@ def main() -> None:
         cost._models.cache_clear()
     for name, model in models.items():
         print(f"{name}: eval {model['eval_s']:.3g} s/element (+{model['eval_overhead_s']:.3g} s), "
-              + ", ".join(f"{k} step {v:.3g} s/element" for k, v in model["step_s"].items())
+              + ", ".join(f"{k} step {v:.3g} s/element (+{model['step_cubic_s'][k]:.3g} s per problem x N^3)"
+                          for k, v in model["step_s"].items())
               + f", grid {model['grid_s']:.3g} s/element, {model['bytes_per_element']:.0f} bytes/element")
     if args.write_model:
         print(f"\nlargest size whose default training run fits in {args.budget / 60:.0f} min (model):")

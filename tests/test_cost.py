@@ -66,6 +66,24 @@ def test_estimate_follows_the_model():
     assert unknown.eval_s >= model.eval_s and unknown.bytes_per_element >= model.bytes_per_element
 
 
+def test_the_regularized_step_grows_with_the_newton_systems_cube():
+    """The reg_lp step has the cubic term in the order of its Newton systems: all 64 states on the
+    8 x 8 gridworld, 27 of 100 on matching 3 x 3 (leaves first), none on the sales trees; the
+    zeroth-order step never has it."""
+    from dmd_torch.cost import CostModel, step_seconds
+
+    model = CostModel(1e-8, 0.0, {"reg_lp": 1e-7, "zeroth_order": 2e-7}, {"reg_lp": 1e-3, "zeroth_order": 2e-3},
+                      1e-8, 0.0, 40.0, {"reg_lp": 1e-9})
+    for name, n, m, N in (("gridworld", 5, 8, 64), ("matching", 3, 3, 27), ("seq_sales", 4, 3, 0)):
+        setting = make_env(name, n_agents=n, size=m)
+        E = elements(n, *setting.mdp.shape)
+        assert step_seconds(model, setting, make_method("reg_lp").config) == pytest.approx(
+            1e-3 + 1e-7 * 20 * E + 1e-9 * 20 * (n + 1) * N**3), name
+        assert step_seconds(model, setting, make_method("zeroth_order").config) == pytest.approx(2e-3 + 2e-7 * 20 * E)
+    # the packaged model reads the term where the benchmark fitted one (matching) and 0 elsewhere
+    assert cost_model("matching").step_cubic_s["reg_lp"] > 0 and cost_model("seq_sales").step_cubic_s["reg_lp"] == 0
+
+
 def test_a_run_past_memory_is_refused_before_work(tmp_path):
     """Grid search holds its training profiles' rewards whole: 10^8 profiles cannot fit, and the
     app says so in one line before anything is written."""

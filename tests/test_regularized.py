@@ -19,10 +19,11 @@ from dmd_torch.regularized import (
     choose_backend,
     flow_residual,
     make_backend,
+    newton_system_size,
     regularized_occupancy,
     tree_applicable,
 )
-from dmd_torch.regularized.systems import flow_hessian, flow_newton_solve
+from dmd_torch.regularized.systems import flow_hessian, flow_newton_solve, leaf_elimination
 from dmd_torch.regularized.layer import CvxpyLayersOptions
 from dmd_torch.regularized.newton import NewtonOptions
 
@@ -364,6 +365,17 @@ def test_dispatcher_picks_one_small_class_per_backend() -> None:
                                regularized_occupancy(cyclic, c, 0.1, tol=1e-10), rtol=0, atol=0)
     with pytest.raises(ValueError, match="not beside a built backend"):
         regularized_occupancy(cyclic, c, 0.1, backend=solver, tol=1e-8)
+
+
+def test_newton_system_size_is_the_order_the_newton_step_factors() -> None:
+    """0 where the tree's closed form applies or another backend is asked for; all S states on a
+    cyclic MDP; the inner states where the leaves are eliminated first (matching 3 x 3: 27 of 100)."""
+    tree, cyclic = sales_tree(2, 2), discounted_mdp(torch.Generator().manual_seed(3))
+    assert newton_system_size(tree) == 0 and newton_system_size(cyclic, "cvxpylayers") == 0
+    assert newton_system_size(cyclic) == newton_system_size(cyclic, "newton") == cyclic.num_states
+    mdp = matching_mdp(3, 3)
+    plan = leaf_elimination(mdp)
+    assert plan is not None and newton_system_size(mdp) == plan.inner.numel() == 27 < mdp.num_states
 
 
 def test_newton_failure_raises_naming_entries() -> None:

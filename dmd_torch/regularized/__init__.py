@@ -32,7 +32,7 @@ from dmd_torch.regularized.base import Backend
 from dmd_torch.regularized.flow import RegularizedSolveError, flow_residual
 from dmd_torch.regularized.layer import CvxpyLayersBackend
 from dmd_torch.regularized.newton import NewtonBackend
-from dmd_torch.regularized.systems import implicit_occupancy_vjp
+from dmd_torch.regularized.systems import implicit_occupancy_vjp, leaf_elimination
 from dmd_torch.regularized.tree import TreeBackend, tree_applicable
 
 __all__ = [
@@ -42,6 +42,7 @@ __all__ = [
     "RegularizedSolveError",
     "choose_backend",
     "make_backend",
+    "newton_system_size",
     "regularized_occupancy",
     "tree_applicable",
     "implicit_occupancy_vjp",
@@ -77,6 +78,16 @@ def make_backend(mdp: TabularMDP, backend: str = "auto", options: Mapping[str, A
     """The backend for ``mdp`` with its options checked (no solve): the one place a backend is picked."""
     cls = choose_backend(mdp, backend)
     return cls(cls.parse_options(dict(options or {})))
+
+
+def newton_system_size(mdp: TabularMDP, backend: str = "auto") -> int:
+    """Order ``N`` of the dense system that each Newton iteration factors per problem (work ``~N^3``):
+    the states left after the leaves are eliminated, else all ``S``; 0 where ``backend`` is not the
+    dual Newton one (the tree's closed form factors nothing)."""
+    if choose_backend(mdp, backend) is not NewtonBackend:
+        return 0
+    plan = leaf_elimination(mdp)
+    return mdp.num_states if plan is None else plan.sizes[0]
 
 
 def regularized_occupancy(
