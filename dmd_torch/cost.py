@@ -2,7 +2,7 @@
 
 The work of every solve is proportional to its *elements*: profiles x problems x states x
 actions, where a profile has ``n + 1`` problems when the objective needs the problems without each
-agent (revenue) and one otherwise. The model is linear in them:
+agent (revenue) and one otherwise. The model is linear in them, plus one cubic term:
 
 * time of one exact evaluation of ``P`` profiles: ``eval_overhead_s + eval_s * P * E``;
 * time of one training step: ``step_overhead_s + step_s * profiles_per_step * E + step_cubic_s *
