@@ -48,6 +48,7 @@ __all__ = [
     "cost_model",
     "available_memory",
     "elements",
+    "problems",
     "check_fits",
     "estimate",
     "step_seconds",
@@ -121,9 +122,14 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def problems(n_agents: int, needs_without: bool = True) -> int:
+    """Follower problems of one profile: ``n + 1`` with ``needs_without``, else 1."""
+    return n_agents + 1 if needs_without else 1
+
+
 def elements(n_agents: int, states: int, actions: int, needs_without: bool = True) -> int:
-    """Elements of one profile: ``problems * S * A`` (``n + 1`` problems with ``needs_without``)."""
-    return (n_agents + 1 if needs_without else 1) * states * actions
+    """Elements of one profile: ``problems * S * A`` (:func:`problems`)."""
+    return problems(n_agents, needs_without) * states * actions
 
 
 @dataclass(frozen=True)
@@ -194,8 +200,8 @@ def step_seconds(model: CostModel, setting: Setting, cfg: MethodConfig) -> float
         setting.n_agents, S, A, needs_without)
     cubic = model.step_cubic_s.get(cfg.name, 0.0)
     if cubic and cfg.name == "reg_lp":
-        problems = setting.n_agents + 1 if needs_without else 1
-        step += cubic * cfg.profiles_per_step * problems * newton_system_size(setting.mdp, cfg.backend) ** 3
+        N = newton_system_size(setting.mdp, cfg.backend)
+        step += cubic * cfg.profiles_per_step * problems(setting.n_agents, needs_without) * N**3
     return step
 
 

@@ -38,6 +38,7 @@ import json
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -90,12 +91,19 @@ class PeakMemory:
         return self.peak - self.base
 
 
+def per_unit(timed: Callable[[int], float], k: int) -> float:
+    """Seconds per unit of work: ``timed(2k) - timed(k)`` over ``k``, each the faster of two calls, so
+    that the setup of a call cancels (its whole time over ``2k`` where noise leaves no difference)."""
+    short, long = min(timed(k), timed(k)), min(timed(2 * k), timed(2 * k))
+    return (long - short) / k if long > short else long / (2 * k)
+
+
 def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float, queue: mp.Queue) -> None:
     """Measures one size in this (fresh) process and puts a dict on ``queue``."""
     import torch
 
     from dmd_torch import AMA, make_env
-    from dmd_torch.cost import elements
+    from dmd_torch.cost import elements, problems
     from dmd_torch.evaluation import objective_values
     from dmd_torch.methods import make_method
     from dmd_torch.regularized import newton_system_size
@@ -128,7 +136,7 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
     out.update(eval_s=t_eval, eval_profiles=profiles, eval_rows=rows, eval_bytes=mem.bytes)
     held = setting.checked_sample(2, gen)
     step_bytes = 0
-    out.update(problems=E // (S * A), newton_n=newton_system_size(setting.mdp))
+    out.update(problems=problems(n, setting.objective.needs_without), newton_n=newton_system_size(setting.mdp))
     for method in STEP_METHODS:
         def run(steps: int) -> float:  # seconds of a run of ``steps`` steps from one start
             t = time.perf_counter()
@@ -140,9 +148,7 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
         with PeakMemory() as mem:  # the sampling thread would slow small steps: memory from one step only
             first = run(1)
         step_bytes = max(step_bytes, mem.bytes)
-        k = max(2, min(200, int(0.5 / first)))
-        short, long = min(run(k), run(k)), min(run(2 * k), run(2 * k))  # the faster of two: less noise
-        out[f"{method}_step_s"] = (long - short) / k if long > short else long / (2 * k)
+        out[f"{method}_step_s"] = per_unit(run, max(2, min(200, int(0.5 / first))))
         out[f"{method}_pps"] = make_method(method).config.profiles_per_step
     def search(points: int) -> float:  # seconds of a grid search of ``points`` candidates
         t = time.perf_counter()
@@ -151,8 +157,7 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
 
     grid_profiles = make_method("grid").config.profiles
     k = max(1, min(100, int(1.0 / max(1e-9, t_eval / profiles * grid_profiles))))
-    short, long = min(search(k), search(k)), min(search(2 * k), search(2 * k))  # the setup cancels
-    out.update(grid_candidate_s=(long - short) / k if long > short else long / (2 * k), grid_profiles=grid_profiles,
+    out.update(grid_candidate_s=per_unit(search, k), grid_profiles=grid_profiles,
                step_bytes=step_bytes)
     queue.put(out)
 
