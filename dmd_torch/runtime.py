@@ -1,4 +1,4 @@
-"""Process settings: the exact solvers' thread policy, and the allocator of the library's programs.
+"""Process settings: the exact solvers' thread policy, the allocator of the library's programs, Ctrl-C.
 
 **Threads.** The exact solvers work on batches of at most :data:`MAX_BATCH_ELEMENTS` numbers,
 too small for torch's intra-op threads to pay: with torch's
@@ -22,6 +22,11 @@ stays at the peak of one chunk. The scripts call it; code that imports the libra
 user's process and keeps that process's settings unless it calls it itself. It does nothing off
 glibc, and it leaves glibc's own ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``
 environment settings alone where they are set.
+
+**Ctrl-C.** A ``KeyboardInterrupt`` raised inside another library's locked section can leave its
+lock taken or its queue's count off: a SIGINT landing in TensorBoard's ``SummaryWriter.add_scalar``
+made the writer's ``close()`` wait forever (2 of 100 tries). :func:`interrupts_deferred` runs such
+a block with SIGINT held back and delivers it when the block ends.
 """
 
 from __future__ import annotations
@@ -30,13 +35,15 @@ import contextlib
 import ctypes
 import os
 import platform
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["tune_allocator", "exact_threads", "set_exact_threads", "MAX_BATCH_ELEMENTS", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
+__all__ = ["tune_allocator", "exact_threads", "set_exact_threads", "interrupts_deferred", "MAX_BATCH_ELEMENTS", "MMAP_THRESHOLD", "TRIM_THRESHOLD"]
 
 MMAP_THRESHOLD = 32 * 2**20
 """Blocks up to this size come from the heap (glibc's dynamic threshold stops growing here too)."""
@@ -97,3 +104,21 @@ def exact_threads(setting: Any) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Runs the block with SIGINT (Ctrl-C) held back: a SIGINT during it is raised again, to the
+    handler in place before, when the block ends. Off the main thread (where Python runs signal
+    handlers) it does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if caught:
+            signal.raise_signal(signal.SIGINT)

@@ -3,7 +3,9 @@
 :class:`RunLogger` is the callback of a run (:data:`~dmd_torch.methods.Callback`): it writes
 TensorBoard scalars (training objective, exact held-out evaluations, gradient norm, weights), a
 histogram of the boosts and the hyperparameters with the final metrics, drives a tqdm bar, and
-keeps the curve data for :func:`plot_training_curve` (``training_curve.png``).
+keeps the curve data for :func:`plot_training_curve` (``training_curve.png``). Its writes run with
+Ctrl-C deferred (:func:`~dmd_torch.runtime.interrupts_deferred`), so an interrupted run can still
+close its event file.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from dmd_torch.evaluation import EvaluationResult  # noqa: E402
 from dmd_torch.methods.base import StepEvent  # noqa: E402
 from dmd_torch.checks import check_int  # noqa: E402
 from dmd_torch.files import atomic_write  # noqa: E402
+from dmd_torch.runtime import interrupts_deferred  # noqa: E402
 
 __all__ = ["RunLogger", "plot_training_curve", "format4"]
 
@@ -58,6 +61,10 @@ class RunLogger:
         self.best: float | None = None
 
     def __call__(self, ev: StepEvent) -> None:
+        with interrupts_deferred():
+            self._record(ev)
+
+    def _record(self, ev: StepEvent) -> None:
         w = self.writer
         if ev.phase == "grid":
             self.grid.append((ev.step, float(ev.objective)))
@@ -122,14 +129,16 @@ class RunLogger:
             return
         hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in hparams.items()}
         mt = {f"hparam/{k}": float(v) for k, v in metrics.items() if v is not None and math.isfinite(v)}
-        self.writer.add_hparams(hp, mt, run_name=".")
+        with interrupts_deferred():
+            self.writer.add_hparams(hp, mt, run_name=".")
 
     def close(self) -> None:
         """Writes the last window, flushes and closes the event file and the progress bar."""
-        self._write_window()
-        self.bar.close()
-        if self.writer is not None:
-            self.writer.close()
+        with interrupts_deferred():
+            self._write_window()
+            self.bar.close()
+            if self.writer is not None:
+                self.writer.close()
 
 
 def plot_training_curve(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import resource
+import signal
 import sys
 
 import pytest
@@ -70,3 +71,16 @@ def test_exact_threads_policy_scopes_and_restores():
     finally:
         runtime.set_exact_threads(1)
         torch.set_num_threads(before)
+
+
+def test_a_ctrl_c_in_a_deferred_block_is_raised_when_it_ends():
+    handler = signal.getsignal(signal.SIGINT)
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with runtime.interrupts_deferred():
+            signal.raise_signal(signal.SIGINT)
+            done.append("rest of the block")
+    assert done == ["rest of the block"] and signal.getsignal(signal.SIGINT) is handler
+    with runtime.interrupts_deferred():  # no Ctrl-C: nothing raised
+        pass
+    assert signal.getsignal(signal.SIGINT) is handler
