@@ -194,9 +194,11 @@ class GridConfig(MethodConfig):
     The candidates are the centre of the box first (zero boosts, equal weights: VCG, so the search
     never returns worse than VCG on its profiles), then Sobol points over the setting's box scaled
     by ``box_scale``, then ``refine_rounds`` rounds of Sobol points in a box around the best
-    candidate so far, its half-width shrunk by ``shrink`` each round. The paper variant
-    (``grid_paper``) is the authors' sequence over the paper's box: unscrambled Sobol without its
-    all-zero point (whose first point is the centre), no refinement.
+    candidate so far, its half-width shrunk by ``shrink`` each round. Each round is screened on
+    ``screen_profiles`` of the profiles; the best ``screen_keep`` share is scored on all, the rest is
+    dropped. The paper variant (``grid_paper``) is the authors' sequence over the paper's box:
+    unscrambled Sobol without its all-zero point (whose first point is the centre), no refinement,
+    every candidate on all profiles.
 
     Attributes:
         num_points: Candidates in all (paper: 10,000).
@@ -210,6 +212,10 @@ class GridConfig(MethodConfig):
         refine_rounds: Local rounds after the global points (``0``: none).
         refine_fraction: Share of ``num_points`` the local rounds use together, in ``[0, 1)``.
         shrink: Half-width of each local box relative to the previous one, in ``(0, 1)``.
+        screen_profiles: Screening: each round's candidates are scored on this many of the
+            profiles first, and only the best ``screen_keep`` share of them (the centre always) on
+            all; the others are dropped (``0``: every candidate on all profiles, the paper's).
+        screen_keep: Share of a round's candidates scored on all profiles after screening, in ``(0, 1]``.
     """
 
     name: str = "grid"
@@ -223,6 +229,8 @@ class GridConfig(MethodConfig):
     refine_rounds: int = 4
     refine_fraction: float = 0.5
     shrink: float = 0.5
+    screen_profiles: int = 250
+    screen_keep: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -236,6 +244,10 @@ class GridConfig(MethodConfig):
         check_int("grid refine_rounds", self.refine_rounds, minimum=0)
         self.refine_fraction = check_float("grid refine_fraction", self.refine_fraction, allow_zero=True)
         self.shrink = check_float("grid shrink", self.shrink)
+        check_int("grid screen_profiles", self.screen_profiles, minimum=0)
+        self.screen_keep = check_float("grid screen_keep", self.screen_keep)
+        if self.screen_keep > 1.0:
+            raise ValueError(f"grid screen_keep must be in (0, 1], got {self.screen_keep}")
         if self.refine_fraction >= 1.0:
             raise ValueError(f"grid refine_fraction must be in [0, 1), got {self.refine_fraction}")
         if self.shrink >= 1.0:
@@ -348,7 +360,7 @@ METHOD_CONFIGS: dict[str, type[MethodConfig]] = {"grid": GridConfig, "reg_lp": R
 #: ``(method, values over its defaults)``. Each is also ``method=<variant>`` on the command line and
 #: ``make_method("<variant>")`` in Python, and a run of one is reported under its name.
 VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
-    "grid_paper": ("grid", {"scramble": False, "tied": False, "box_scale": 1.0, "refine_rounds": 0}),
+    "grid_paper": ("grid", {"scramble": False, "tied": False, "box_scale": 1.0, "refine_rounds": 0, "screen_profiles": 0}),
     "zeroth_order_paper": ("zeroth_order", {"num_perturbations": 20, "sigma": 0.05, "profiles_per_step": 20,
                                             "optimizer": {"name": "SGD", "lr": 0.1}}),
     "reg_lp_paper": ("reg_lp", {"alpha": 0.01, "alpha_final": None, "profiles_per_step": 20,

@@ -9,7 +9,9 @@ agent (revenue) and one otherwise. The model is linear in them, plus one cubic t
   profiles_per_step * problems * N^3`` per method (the zeroth-order step includes its perturbed
   exact solves; ``N`` is the order of the dense system a Newton iteration of the regularized LP
   factors, :func:`~dmd_torch.regularized.newton_system_size`, 0 on history trees);
-* time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``;
+* time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``; a screened search
+  (:class:`~dmd_torch.config.GridConfig` ``screen_profiles``) scores every candidate on
+  ``screen_profiles`` and the share ``screen_keep`` again on the rest;
 * peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
   once (one evaluation batch, or one training step's profiles), plus what grid search holds whole:
   its training profiles' rewards and its candidates' coordinates,
@@ -34,6 +36,7 @@ from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING
 
+from dmd_torch.config import GridConfig
 from dmd_torch.regularized import newton_system_size
 from dmd_torch.runtime import MAX_BATCH_ELEMENTS
 
@@ -224,15 +227,18 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     def exact(profiles: int) -> float:  # one exact evaluation
         return model.eval_overhead_s + model.eval_s * profiles * E
 
-    def grid(points: int, profiles: int) -> float:  # a grid search
-        return points * (model.grid_overhead_s + model.grid_s * profiles * E)
+    def grid(points: int, grid_cfg: GridConfig) -> float:  # a grid search, screened: share `keep` on all profiles
+        profiles, screen, keep = grid_cfg.profiles, grid_cfg.screen_profiles, grid_cfg.screen_keep
+        if not 0 < screen < profiles:
+            screen, keep = profiles, 0.0
+        return points * ((1.0 + keep) * model.grid_overhead_s + model.grid_s * (screen + keep * (profiles - screen)) * E)
 
     evaluation = exact(eval_profiles)
     known = 3 if setting.known_optimum() is not None else 2
     K = setting.mdp.next_states.shape[-1]
     if cfg.name == "grid":
         step = None
-        train = grid(cfg.num_points, cfg.profiles)
+        train = grid(cfg.num_points, cfg)
         held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
         candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
@@ -240,7 +246,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         step = step_seconds(model, setting, cfg)
         evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
         train = starts * cfg.steps * step + evals * exact(heldout_profiles)
-        train += grid(cfg.multistart.grid_points, cfg.multistart.grid_profiles)
+        train += grid(cfg.multistart.grid_points, GridConfig(profiles=cfg.multistart.grid_profiles))
         held = max(cfg.profiles_per_step, heldout_profiles)
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)

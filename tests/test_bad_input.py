@@ -171,6 +171,8 @@ API: dict[str, tuple[Callable[[], object], type[Exception], str]] = {
     "unknown backend of a method": (lambda: make_method("reg_lp", backend="mosek"), ValueError, "unknown backend 'mosek'; allowed: auto, tree, newton, cvxpylayers"),
     "more starts than grid points": (lambda: make_method("reg_lp", multistart={"starts": 5, "grid_points": 2}), ValueError, "multistart starts must be <= grid_points = 2, got 5"),
     "top_k above the points": (lambda: make_method("grid", num_points=4, top_k=5), ValueError, "grid top_k must be <= num_points = 4, got 5"),
+    "screen share above one": (lambda: make_method("grid", screen_keep=1.5), ValueError, r"grid screen_keep must be in \(0, 1\], got 1.5"),
+    "negative screen": (lambda: make_method("grid", screen_profiles=-1), ValueError, "grid screen_profiles must be"),
     "zero sigma": (lambda: make_method("zeroth_order", sigma=0.0), ValueError, "sigma must be a finite number > 0, got 0.0"),
     "antithetic not a bool": (lambda: make_method("zeroth_order", antithetic="maybe"), ValueError, "Value 'maybe' is not a valid bool.*antithetic"),
     "unknown init": (lambda: make_method("reg_lp", init="zeros"), ValueError, "unknown init 'zeros'; allowed: uniform, vcg"),

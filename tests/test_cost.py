@@ -50,10 +50,14 @@ def test_estimate_follows_the_model():
     setting = make_env("seq_sales", n_agents=4, size=3)
     model = cost_model("seq_sales")
     E = elements(4, *setting.mdp.shape)
-    small, large = (estimate(setting, make_method("grid", num_points=k)) for k in (1000, 2000))
+    small, large = (estimate(setting, make_method("grid", num_points=k, screen_profiles=0)) for k in (1000, 2000))
     assert small.step_s is None and isinstance(small, CostEstimate)
     per_candidate = model.grid_overhead_s + model.grid_s * 2000 * E
     assert large.total_s - small.total_s == pytest.approx(1000 * per_candidate)
+    # screened on 250 profiles, a tenth on the other 1750 too: 1.1 scorings and 425 profiles a candidate
+    screened = [estimate(setting, make_method("grid", num_points=k, screen_keep=0.1)) for k in (1000, 2000)]
+    per_screened = 1.1 * model.grid_overhead_s + model.grid_s * 425 * E
+    assert screened[1].total_s - screened[0].total_s == pytest.approx(1000 * per_screened)
     assert small.evaluation_s == pytest.approx(model.eval_overhead_s + model.eval_s * 10_000 * E)
     a, b = (estimate(setting, make_method("reg_lp", steps=k)) for k in (100, 200))
     assert a.step_s == pytest.approx(model.step_overhead_s["reg_lp"] + model.step_s["reg_lp"] * 20 * E)

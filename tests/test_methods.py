@@ -92,6 +92,34 @@ def test_grid_returns_best_candidate_by_exact_score(cell):
 
 
 @pytest.mark.parametrize("cell", ["sales_asym", "scheduling_asym"])
+def test_screening_returns_the_best_of_the_centre_and_the_screens_best(cell):
+    """Screened on 5 of 100 profiles with top_k = 3: the centre and the 3 best of the 39 others on
+    the screen are scored on all 100 (the scores of the unscreened search), and the 3 best of them
+    are returned (not the 3 best of all 40: the screen ranks them differently)."""
+    setting = SMALL[cell]()
+    sign = setting.objective.sign
+    everything = GridSearch(num_points=40, profiles=100, top_k=40, refine_rounds=0).run(
+        AMA(setting), heldout=_heldout(setting), seed=0).top
+    grid = GridSearch(num_points=40, profiles=100, top_k=3, refine_rounds=0, screen_profiles=5, screen_keep=0.02)
+    events: list[StepEvent] = []
+    result = grid.run(AMA(setting), heldout=_heldout(setting), seed=0, callback=events.append)
+    full = torch.tensor([score for score, _, _ in everything], dtype=torch.float64)  # best first
+    lw, b = torch.stack([x for _, x, _ in everything]), torch.stack([x for _, _, x in everything])
+    head = score_candidates(setting, lw, b, grid.training_profiles(setting, seed=0)[:5], 10**6)
+    dim = sum(free_dimensions(AMA(setting), tied=True))
+    centre_lw, centre_b = candidates_from_unit(AMA(setting), torch.full((1, dim), 0.5, dtype=torch.float64), tied=True)
+    centre = int(torch.nonzero((b == centre_b).flatten(1).all(-1) & (lw == centre_lw).all(-1))[0, 0])
+    others = torch.tensor([k for k in range(40) if k != centre])
+    kept = torch.cat([torch.tensor([centre]), others[torch.argsort(sign * head[others], descending=True)[:3]]])
+    expected = kept[torch.argsort(sign * full[kept], descending=True)[:3]]
+    assert expected.tolist() != [0, 1, 2]  # the screen dropped one of the 3 best of all
+    torch.testing.assert_close(torch.tensor([x for x, _, _ in result.top], dtype=torch.float64), full[expected],
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(torch.stack([x for _, _, x in result.top]), b[expected])
+    assert sum(e.advance for e in events) == 40 and events[-1].objective == pytest.approx(float(full[expected[0]]), abs=1e-12)
+
+
+@pytest.mark.parametrize("cell", ["sales_asym", "scheduling_asym"])
 def test_score_candidates_is_independent_of_batching(cell):
     """Chunked profiles, several candidates per solve, and one solve per candidate agree with outcome()."""
     setting = SMALL[cell]()
