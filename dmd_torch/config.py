@@ -164,6 +164,12 @@ class MultiStartConfig:
         if self.grid_points and self.starts > self.grid_points:
             raise ValueError(f"multistart starts must be <= grid_points = {self.grid_points}, got {self.starts}")
 
+    def grid_config(self) -> "GridConfig | None":
+        """The grid search that picks the starts (global points only, so they spread over the box), or ``None``."""
+        if not self.grid_points:
+            return None
+        return GridConfig(num_points=self.grid_points, profiles=self.grid_profiles, top_k=self.starts, refine_rounds=0)
+
 
 @dataclass
 class MethodConfig:
@@ -231,6 +237,11 @@ class GridConfig(MethodConfig):
     shrink: float = 0.5
     screen_profiles: int = 250
     screen_keep: float = 0.1
+
+    @property
+    def screens(self) -> bool:
+        """Whether each round is screened: ``0 < screen_profiles < profiles``."""
+        return 0 < self.screen_profiles < self.profiles
 
     def __post_init__(self) -> None:
         super().__post_init__()

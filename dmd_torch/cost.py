@@ -227,9 +227,10 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     def exact(profiles: int) -> float:  # one exact evaluation
         return model.eval_overhead_s + model.eval_s * profiles * E
 
-    def grid(points: int, grid_cfg: GridConfig) -> float:  # a grid search, screened: share `keep` on all profiles
-        profiles, screen, keep = grid_cfg.profiles, grid_cfg.screen_profiles, grid_cfg.screen_keep
-        if not 0 < screen < profiles:
+    def grid(grid_cfg: GridConfig) -> float:  # a grid search, screened: share `keep` on all profiles
+        points, profiles = grid_cfg.num_points, grid_cfg.profiles
+        screen, keep = grid_cfg.screen_profiles, grid_cfg.screen_keep
+        if not grid_cfg.screens:
             screen, keep = profiles, 0.0
         return points * ((1.0 + keep) * model.grid_overhead_s + model.grid_s * (screen + keep * (profiles - screen)) * E)
 
@@ -238,7 +239,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     K = setting.mdp.next_states.shape[-1]
     if cfg.name == "grid":
         step = None
-        train = grid(cfg.num_points, cfg)
+        train = grid(cfg)
         held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
         candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
@@ -246,7 +247,8 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         step = step_seconds(model, setting, cfg)
         evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
         train = starts * cfg.steps * step + evals * exact(heldout_profiles)
-        train += grid(cfg.multistart.grid_points, GridConfig(profiles=cfg.multistart.grid_profiles))
+        grid_cfg = cfg.multistart.grid_config()
+        train += 0.0 if grid_cfg is None else grid(grid_cfg)
         held = max(cfg.profiles_per_step, heldout_profiles)
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)

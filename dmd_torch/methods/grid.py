@@ -250,7 +250,7 @@ class GridSearch(Method):
             """The round's scores on ``types``; with screening, the worst value for those dropped."""
             C, P, screen = lw.shape[0], types.shape[0], cfg.screen_profiles
             keep = max(math.ceil(cfg.screen_keep * C), cfg.top_k)  # the top_k best are always scored on all
-            if not 0 < screen < P or keep >= C:
+            if not cfg.screens or keep >= C:
                 return score_candidates(setting, lw, b, types, cfg.max_batch_elements, lambda s: report(s.numel(), s))
             head = score_candidates(setting, lw, b, types[:screen], cfg.max_batch_elements, lambda s: report(s.numel()))
             kept = torch.argsort(sign * head, descending=True, stable=True)[:keep]
@@ -271,7 +271,7 @@ class GridSearch(Method):
                 u = local_points(best, count, 0.5 * cfg.shrink**k, stream_seed(seed, f"grid-local-{k}") % 2**31)
             lw, b = candidates_from_unit(ama, u, cfg.box_scale, cfg.tied)
             units.append(u)
-            if k == 0 and 0 < cfg.screen_profiles < types.shape[0]:  # the centre on all profiles: never dropped
+            if k == 0 and cfg.screens:  # the centre on all profiles: never dropped
                 all_scores.append(score_round(lw[:1], b[:1]))
                 lw, b = lw[1:], b[1:]
             all_scores.append(score_round(lw, b))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from dmd_torch.config import GridConfig, MultiStartConfig
+from dmd_torch.config import MultiStartConfig
 from dmd_torch.mechanism import AMA
 from dmd_torch.methods.base import Callback, initial_mechanism, restore, snapshot, stream_seed
 from dmd_torch.methods.grid import GridSearch
@@ -30,12 +30,8 @@ class MultiStart:
     @property
     def grid(self) -> GridSearch | None:
         """The grid search that picks the starts, or ``None``."""
-        cfg = self.config
-        if not cfg.grid_points:
-            return None
-        # global points only: the starts spread over the box
-        return GridSearch(GridConfig(num_points=cfg.grid_points, profiles=cfg.grid_profiles, top_k=cfg.starts,
-                                     refine_rounds=0))
+        grid_cfg = self.config.grid_config()
+        return None if grid_cfg is None else GridSearch(grid_cfg)
 
     def total_work(self) -> int:
         """Grid candidates to score."""
