@@ -29,7 +29,7 @@ import torch
 from dmd_torch.checks import all_finite, check_float
 from dmd_torch.exact import PolicyOccupancy, mean_reward_policy, optimal_values, policy_occupancy, solve_exact
 from dmd_torch.mdp import TabularMDP
-from dmd_torch.regularized import regularized_occupancy
+from dmd_torch.regularized import Backend, regularized_occupancy
 
 __all__ = [
     "FollowerSolution",
@@ -51,9 +51,10 @@ def affine_total(r: torch.Tensor, weights: torch.Tensor, boosts: torch.Tensor) -
     """``sum_i w_i r_i + b`` for ``r[..., n, S, A]``, ``w[..., n]``, ``b[..., S, A]``, one fused
     multiply-add per agent (no ``[..., n, S, A]`` temporary; faster than a batched matrix product
     when ``S A`` is small). All arguments broadcast over leading dimensions."""
-    total = torch.addcmul(boosts, weights[..., 0, None, None], r[..., 0, :, :])
+    w = weights.view(*weights.shape, 1, 1)
+    total = torch.addcmul(boosts, w[..., 0, :, :], r[..., 0, :, :])
     for i in range(1, r.shape[-3]):
-        total.addcmul_(weights[..., i, None, None], r[..., i, :, :])
+        total.addcmul_(w[..., i, :, :], r[..., i, :, :])
     return total
 
 
@@ -63,7 +64,7 @@ def affine_problems(
     """Rewards of the full problem ``[..., S, A]`` and of the ``n`` problems without each agent
     ``[..., n, S, A]`` (index ``i``: agent ``i``'s term dropped, for ``asw^(-i)``); see :func:`affine_total`."""
     total = affine_total(r, weights, boosts)
-    return total, torch.addcmul(total.unsqueeze(-3), weights[..., None, None], r, value=-1.0)
+    return total, torch.addcmul(total.unsqueeze(-3), weights.view(*weights.shape, 1, 1), r, value=-1.0)
 
 
 def affine_rewards(
@@ -193,7 +194,10 @@ class Follower(ABC):
 
 
 def _broadcast(log_weights: torch.Tensor, boosts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``w [..., 1, n]`` and ``b [..., 1, S, A]``: parameters broadcast against the profile dimension."""
+    """``w [..., 1, n]`` and ``b [..., 1, S, A]``: parameters broadcast against the profile dimension
+    (one parameter vector, ``w [n]`` and ``b [S, A]``, broadcasts as it is)."""
+    if log_weights.dim() == 1 and boosts.dim() == 2:
+        return log_weights.exp(), boosts
     return log_weights.exp().unsqueeze(-2), boosts.unsqueeze(-3)
 
 
@@ -246,12 +250,13 @@ class RegularizedFollower(Follower):
 
     Attributes:
         alpha: Entropy weight, finite and ``> 0``.
-        backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers`` (:mod:`dmd_torch.regularized`).
+        backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers`` (:mod:`dmd_torch.regularized`), or
+            a backend built by :func:`~dmd_torch.regularized.make_backend` (then no ``options``).
         options: The backend's options.
     """
 
     alpha: float
-    backend: str = "auto"
+    backend: str | Backend = "auto"
     options: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

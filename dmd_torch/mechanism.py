@@ -20,10 +20,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from dmd_torch.checks import all_finite, check_finite
+from dmd_torch.checks import all_finite
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import EXACT, RegularizedFollower
 from dmd_torch.objective import leader_objective, payments
+from dmd_torch.regularized import Backend
 from dmd_torch.runtime import exact_threads
 from dmd_torch.soundness import check_sound
 
@@ -115,13 +116,11 @@ class AMA(nn.Module):
         """Raises if a parameter holds NaN or inf (e.g. after a diverged optimizer step), or if the
         parameters dwarf the rewards so far that float64 cannot keep the mechanism strategyproof
         (:func:`dmd_torch.soundness.check_sound`)."""
-        for name, p in (("log_weights", self.log_weights), ("boosts", self.boosts)):
-            check_finite(f"mechanism parameter {name}", p)
-        check_sound(self.setting, self.weights, self.boosts)
+        check_sound(self.setting, self.log_weights, self.boosts)
 
     def ic_tolerance(self) -> float:
         """How far rounding can bend the incentives, relative to the rewards (:mod:`dmd_torch.soundness`)."""
-        return check_sound(self.setting, self.weights, self.boosts)
+        return check_sound(self.setting, self.log_weights, self.boosts)
 
     def outcome(self, types: torch.Tensor) -> Outcome:
         """Exact outcome (policy, values, payments, revenue, welfare, objective) for reported types ``[B, n, K]``.
@@ -161,7 +160,9 @@ class AMA(nn.Module):
         with torch.no_grad():
             return leader_objective(self.setting, self.log_weights, self.boosts, types.to(self.boosts.device))
 
-    def forward(self, types: torch.Tensor, alpha: float = 0.01, backend: str = "auto", **solver_options: Any) -> torch.Tensor:
+    def forward(
+        self, types: torch.Tensor, alpha: float = 0.01, backend: str | Backend = "auto", **solver_options: Any
+    ) -> torch.Tensor:
         """Entropy-regularized objective per profile ``[B]``, differentiable in the parameters.
 
         The follower solves the regularized problem (paper, section 4, equation 13) instead of
@@ -173,8 +174,9 @@ class AMA(nn.Module):
         Args:
             types: Reported type profiles ``[B, n, K]``.
             alpha: Entropy weight ``> 0``.
-            backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``.
-            **solver_options: The backend's options.
+            backend: ``auto``, ``tree``, ``newton`` or ``cvxpylayers``, or a backend built by
+                :func:`~dmd_torch.regularized.make_backend` for this setting's MDP.
+            **solver_options: The backend's options (none with a built backend).
         """
         follower = RegularizedFollower(alpha, backend, solver_options)
         self.check_parameters()

@@ -20,6 +20,7 @@ library compares it with the agents' reward scale ``R = max_i R_i`` (docs/numeri
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,23 +46,39 @@ def horizon(mdp: TabularMDP) -> float:
     return float(len(mdp.levels)) if mdp.levels is not None else 1.0 / (1.0 - mdp.gamma)
 
 
+def _tolerance(setting: Setting, top: float, load: float, smallest: float) -> float:
+    """The bound from ``max |b|``, ``sum_i w_i R_i`` and ``min_i w_i``."""
+    Q = horizon(setting.mdp) * (top + load)
+    return (TIE_TOL + 64 * _EPS) * (1.0 + Q) / smallest
+
+
 def ic_tolerance(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:
     """The bound of the module docstring on the utility an agent can gain from float64's rounding,
     for weights ``[n]`` and boosts ``[S, A]``."""
     w = weights.detach().to(torch.float64).cpu()
     R = setting.reward_scale().to(torch.float64)
     top, load, smallest = torch.stack([boosts.detach().abs().max().to(w), (w * R).sum(), w.min()]).tolist()
-    Q = horizon(setting.mdp) * (top + load)
-    return (TIE_TOL + 64 * _EPS) * (1.0 + Q) / smallest
+    return _tolerance(setting, top, load, smallest)
 
 
-def check_sound(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:
-    """The relative IC tolerance ``ic_tolerance / R``; a one-line ``ValueError`` above :data:`REFUSE`."""
-    scale = float(setting.reward_scale().max())
-    relative = ic_tolerance(setting, weights, boosts) / (scale if scale > 0 else 1.0)
+def check_sound(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor) -> float:
+    """The relative IC tolerance ``ic_tolerance / R`` of ``w = exp(log_weights)`` and ``boosts``.
+
+    Raises a one-line ``ValueError`` if a parameter holds NaN or inf, or if the tolerance is above
+    :data:`REFUSE`. One reduction serves both checks (it runs before every training step).
+    """
+    lw = log_weights.detach().to(torch.float64).cpu()
+    w = lw.exp()
+    R = setting.reward_scale().to(torch.float64)
+    stats = torch.stack([lw.abs().amax(), boosts.detach().abs().amax().to(lw), (w * R).sum(), w.min()]).tolist()
+    for name, value in (("log_weights", stats[0]), ("boosts", stats[1])):
+        if not math.isfinite(value):
+            raise ValueError(f"mechanism parameter {name} contains NaN or inf")
+    scale = setting.reward_scale_max()
+    relative = _tolerance(setting, *stats[1:]) / (scale if scale > 0 else 1.0)
     if relative > REFUSE:
         raise ValueError(
-            f"the mechanism's boosts (largest {float(boosts.detach().abs().max()):.3g}) or weights dwarf the "
+            f"the mechanism's boosts (largest {stats[1]:.3g}) or weights dwarf the "
             f"rewards (scale {scale:.3g}): float64 resolves its ties and payments only to {relative:.1e} of the "
             f"rewards, so it is not strategyproof in floating point; allowed: up to {REFUSE:g} (docs/numerical_soundness.md)"
         )

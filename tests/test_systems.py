@@ -66,7 +66,9 @@ def test_leaves_first_solves_the_dense_system(name: str, n: int, size: int, size
     res_ref = (H @ ref.unsqueeze(-1)).squeeze(-1) - rhs
     assert float(res.abs().max()) <= 10 * float(res_ref.abs().max()) + 1e-12
     x2, diag2 = flow_newton_solve(mdp, w, rhs, chunk_bytes=3 * plan.weight.numel() * 8)  # 3 problems per chunk
-    torch.testing.assert_close(x2, x, rtol=0, atol=0)
+    # the same solves in chunks: equal up to the rounding of batched kernels, which may block a batch
+    # of 3 differently from one of 7 (seen on AMD EPYC: 1e-16 apart)
+    torch.testing.assert_close(x2, x, rtol=1e-12, atol=1e-12 * float(x.abs().max()))
     torch.testing.assert_close(diag2, diag, rtol=0, atol=0)
 
 

@@ -18,7 +18,6 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from dmd_torch.checks import all_finite
 from dmd_torch.config import GradientConfig
 from dmd_torch.envs.base import Setting
 from dmd_torch.mechanism import AMA
@@ -124,12 +123,16 @@ class GradientMethod(Method):
                 optimizer.zero_grad(set_to_none=False)
                 objective = self.estimator.objective(ama, types, t, noise_gen).mean()
                 (-sign * objective).backward()
-                grad_norm = math.sqrt(sum(float(p.grad.pow(2).sum()) for p in params if p.grad is not None))
+                squares = [p.grad.pow(2).sum() for p in params if p.grad is not None]
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
-                if not all(all_finite(p) for p in params):
+                # one read-back for the gradient's norm and each new parameter's largest |entry|
+                # (NaN or inf propagate through the max)
+                read = torch.stack([*squares, *(p.detach().abs().amax() for p in params)]).tolist()
+                grad_norm = math.sqrt(sum(read[: len(squares)]))
+                if not all(math.isfinite(v) for v in read[len(squares) :]):
                     raise FloatingPointError(
                         f"{self.name}: parameters became NaN or inf at step {t} of start {k}; lower the step size"
                     )

@@ -21,7 +21,8 @@ from dmd_torch.config import RegLPConfig
 from dmd_torch.envs.base import Setting
 from dmd_torch.mechanism import AMA
 from dmd_torch.methods.gradient import GradientEstimator, GradientMethod
-from dmd_torch.regularized import make_backend
+from dmd_torch.mdp import TabularMDP
+from dmd_torch.regularized import Backend, make_backend
 
 __all__ = ["RegularizedEstimator", "RegularizedLP"]
 
@@ -41,10 +42,17 @@ class RegularizedEstimator(GradientEstimator):
 
     def check_setting(self, setting: Setting) -> None:
         """The backend must apply to the setting's MDP and take the options (checked without a solve)."""
-        make_backend(setting.mdp, self.config.backend, self.config.solver_options)
+        self.backend(setting.mdp)
+
+    def backend(self, mdp: TabularMDP) -> Backend:
+        """The configured backend for ``mdp``, built once per MDP."""
+        built = getattr(self, "_built", None)
+        if built is None or built[0] is not mdp:
+            built = self._built = (mdp, make_backend(mdp, self.config.backend, self.config.solver_options))
+        return built[1]
 
     def objective(self, ama: AMA, types: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
-        return ama(types, alpha=self.alpha_at(step), backend=self.config.backend, **self.config.solver_options)
+        return ama(types, alpha=self.alpha_at(step), backend=self.backend(ama.setting.mdp))
 
 
 class RegularizedLP(GradientMethod):

@@ -6,7 +6,12 @@ that are histories, as in sequential sales and scheduling) the joint entropy of 
 weighs the policy entropy at ``s`` by the number ``d(s)`` of decisions left, so the program of the
 paper's equation 13 is solved exactly by backward induction at temperature ``alpha d(s)``:
 ``G(s) = alpha d(s) logsumexp_a((c(s, a) + G(child(s, a))) / (alpha d(s)))``, the policy is the
-matching softmax, and ``nu`` follows by pushing the flow forward. Plain autograd differentiates it.
+matching softmax, and ``nu`` follows by pushing the flow forward.
+
+The solution is the gradient of the optimal value, ``nu = grad_c (mu0(root) G(root))``, so its
+Jacobian is that value's Hessian, symmetric: the backward pass is the forward derivative of the same
+recursion along the incoming gradient, one sweep up and one down (:class:`_TreeSolve`), instead of
+autograd through every operation of the two sweeps.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from dmd_torch.mdp import TabularMDP
 from dmd_torch.regularized.base import Backend
@@ -105,6 +111,53 @@ def tree_applicable(mdp: TabularMDP) -> bool:
     return isinstance(_tree_structure(mdp), _Tree)
 
 
+def _sweeps(tree: _Tree, c: torch.Tensor, alpha: float) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The policies ``pi`` and occupancies ``nu`` per level (height 0 first), each ``[B, n_h, A]``."""
+    blocks = c.index_select(1, tree.order).split(tree.sizes, dim=1)  # [B, n_h, A] per height h
+    pis, G = [], c.new_zeros(0)
+    for h, block in enumerate(blocks):
+        q = block if h == 0 else block + G[:, tree.children[h - 1]]
+        temp = alpha * (h + 1)
+        x = q / temp
+        log_pi = torch.log_softmax(x, -1)
+        pis.append(log_pi.exp())
+        G = temp * (x.amax(-1) - log_pi.amax(-1))  # logsumexp(x) = x_a - log_pi_a at the top action a
+    nus = [tree.root_mass * pis[-1]]
+    for h in reversed(range(len(blocks) - 1)):
+        nus.append(nus[-1].flatten(1)[:, tree.parents[h]].unsqueeze(-1) * pis[h])
+    return pis, nus[::-1]
+
+
+class _TreeSolve(torch.autograd.Function):
+    """``nu(c)`` on a history tree; the backward applies the symmetric Jacobian ``d nu / d c`` to the
+    incoming gradient ``g`` as the derivative of the sweeps along ``g``: up,
+    ``dq = g + dG(child)``, ``dG = sum_a pi dq``, ``d log pi = (dq - dG) / (alpha d(s))``; down,
+    ``d nu = d nu(parent) pi + nu d log pi``."""
+
+    @staticmethod
+    def forward(ctx, c: torch.Tensor, alpha: float, tree: _Tree) -> torch.Tensor:  # type: ignore[override]
+        pis, nus = _sweeps(tree, c, alpha)
+        ctx.alpha, ctx.tree, ctx.levels = alpha, tree, len(pis)
+        ctx.save_for_backward(*pis, *nus)
+        return torch.cat(nus, 1).index_select(1, tree.place)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        tree, H = ctx.tree, ctx.levels
+        pis, nus = ctx.saved_tensors[:H], ctx.saved_tensors[H:]
+        blocks = g.index_select(1, tree.order).split(tree.sizes, dim=1)
+        dlog_pi, dG = [], g.new_zeros(0)
+        for h, block in enumerate(blocks):
+            dq = block if h == 0 else block + dG[:, tree.children[h - 1]]
+            dG = (pis[h] * dq).sum(-1)
+            dlog_pi.append((dq - dG.unsqueeze(-1)) / (ctx.alpha * (h + 1)))
+        dnus = [nus[-1] * dlog_pi[-1]]
+        for h in reversed(range(H - 1)):
+            dnus.append(dnus[-1].flatten(1)[:, tree.parents[h]].unsqueeze(-1) * pis[h] + nus[h] * dlog_pi[h])
+        return torch.cat(dnus[::-1], 1).index_select(1, tree.place), None, None
+
+
 class TreeBackend(Backend):
     """Closed form on history trees (module docstring); takes no options."""
 
@@ -121,14 +174,4 @@ class TreeBackend(Backend):
         """One vectorized step per height level, backward for ``G`` and the policy, forward for ``nu``."""
         tree = _tree_structure(mdp)
         assert isinstance(tree, _Tree)
-        blocks = c.index_select(1, tree.order).split(tree.sizes, dim=1)  # [B, n_h, A] per height h
-        log_pi, G = [], c.new_zeros(0)
-        for h, block in enumerate(blocks):
-            q = block if h == 0 else block + G[:, tree.children[h - 1]]
-            temp = alpha * (h + 1)
-            log_pi.append(torch.log_softmax(q / temp, -1))
-            G = temp * torch.logsumexp(q / temp, -1)
-        nus = [tree.root_mass * log_pi[-1].exp()]
-        for h in reversed(range(len(blocks) - 1)):
-            nus.append(nus[-1].flatten(1)[:, tree.parents[h]].unsqueeze(-1) * log_pi[h].exp())
-        return torch.cat(nus[::-1], 1).index_select(1, tree.place)
+        return _TreeSolve.apply(c, alpha, tree)
