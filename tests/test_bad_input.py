@@ -300,6 +300,7 @@ TRAIN: dict[str, tuple[list[str], str]] = {
     "tpu": (["device=tpu"], "unknown device 'tpu'; allowed: cpu, cuda, cuda:N"),
     "cuda without a GPU": (["device=cuda"], "device 'cuda' is not available here; allowed: cpu"),
     "tree on the gridworld": (["env=gridworld", "method.backend=tree"], "backend 'tree' does not apply here.*allowed here: auto, newton, cvxpylayers"),
+    "tied boosts on the gridworld": (["env=gridworld", "method.tied=true"], "reg_lp tied=true needs an acyclic MDP.*gridworld has cycles; allowed: tied=false or null"),
     "tol for the tree": (["+method.solver_options.tol=-1"], "backend 'tree' takes no option.* tol; allowed: none"),
     "bogus layer option": (["env=gridworld", "method.backend=cvxpylayers", "+method.solver_options.bogus=1"],
                            "backend 'cvxpylayers' takes no option.* bogus; allowed: layer_backward, check_tol, solver_args"),

@@ -20,7 +20,7 @@ from dmd_torch.methods import (
     ZerothOrderFollower,
     make_method,
 )
-from dmd_torch.methods.base import exact_score, free_parameters, initial_mechanism
+from dmd_torch.methods.base import exact_score, free_parameters, height_groups, initial_mechanism, tie_to_heights
 from dmd_torch.methods.grid import (
     boost_groups,
     candidates_from_unit,
@@ -421,6 +421,66 @@ def test_grid_local_rounds_and_tied_boosts():
     assert make_method("grid_paper").rounds() == [10_000]
     gridworld = make_env("gridworld", n_agents=2, size=3)  # cyclic: no heights, one coordinate per (s, a)
     assert len(boost_groups(gridworld, tied=True)) == 1
+
+
+def test_tie_to_heights_is_the_projection_onto_boosts_by_height():
+    """Idempotent, constant on each (height, action) group, and orthogonal: the residual is
+    orthogonal to every tied boost table."""
+    setting = make_env("seq_sales", n_agents=3, size=3)
+    groups = height_groups(setting)
+    heights, A = setting.mdp.heights, setting.mdp.num_actions
+    assert groups is not None and int(groups.max()) + 1 == 3 * A
+    gen = torch.Generator().manual_seed(0)
+    x, y = (torch.randn(setting.mdp.shape, generator=gen, dtype=torch.float64) for _ in range(2))
+    px, py = tie_to_heights(x, groups), tie_to_heights(y, groups)
+    torch.testing.assert_close(tie_to_heights(px, groups), px, rtol=0, atol=1e-15)
+    for h in range(3):
+        rows = px[heights == h]
+        assert torch.equal(rows, rows[:1].expand_as(rows))
+        torch.testing.assert_close(rows[0], x[heights == h].mean(0), rtol=0, atol=1e-15)
+    assert abs(float(((x - px) * py).sum())) < 1e-12
+    assert height_groups(make_env("gridworld", n_agents=2, size=3)) is None
+
+
+def test_sales_optimum_lies_in_the_tied_family():
+    """Sequential sales claims ``boosts_by_height``: Myerson's boosts are tied by height."""
+    for dist in ("symmetric", "asymmetric"):
+        setting = make_env("seq_sales", n_agents=3, size=3, distribution=dist)
+        assert setting.boosts_by_height
+        _, b = setting.known_optimum()
+        torch.testing.assert_close(tie_to_heights(b, height_groups(setting)), b, rtol=0, atol=1e-15)
+    assert not make_env("scheduling", n_agents=2, size=3).boosts_by_height
+
+
+@pytest.mark.parametrize("name", ["reg_lp", "zeroth_order"])
+def test_gradient_methods_tie_boosts_where_the_setting_says(name):
+    """With ``tied=null`` on sales every start and every step keeps the boosts tied by height;
+    ``tied=false`` and the paper variants move each (state, action) boost on its own."""
+    setting = make_env("seq_sales", n_agents=3, size=3, distribution="asymmetric")
+    heights = setting.mdp.heights
+    starts = {}
+
+    def spread(ama):
+        b = ama.boosts.detach()
+        return max(float((b[heights == h] - b[heights == h][:1]).abs().max()) for h in range(3))
+
+    def watch(event):  # the first evaluation of each start is at its starting point
+        if event.phase == "eval" and event.start not in starts:
+            starts[event.start] = spread(event.ama)
+
+    for variant, overrides, tied in ((name, {"tied": None}, True), (name, {"tied": False}, False),
+                                     (f"{name}_paper", {}, False)):
+        starts.clear()
+        method = make_method(variant, steps=6, eval_every=3, **overrides)
+        ama = AMA(setting)
+        method.run(ama, heldout=_heldout(setting), seed=0, callback=watch)
+        assert len(starts) == method.config.multistart.starts
+        if tied:
+            assert max(starts.values()) == 0.0 and spread(ama) == 0.0
+        else:
+            assert min(starts.values()) > 0.0 and spread(ama) > 0.0
+    # the defaults: the setting's knowledge for the regularized LP, untied for zeroth order
+    assert make_method("reg_lp").config.tied is None and make_method("zeroth_order").config.tied is False
 
 
 def test_score_candidates_rejects_nan_candidates():

@@ -52,6 +52,9 @@ class Setting(ABC):
         optimize_weights: Whether the leader optimizes the AMA weights (else ``w = 1``).
         optimize_boosts: Whether the leader optimizes the AMA boosts (else ``b = 0``).
         boost_range: Half-width ``B`` of the default search box ``[-B, B]`` of the boosts.
+        boosts_by_height: Whether an optimal AMA is known whose boosts depend only on a state's
+            height (decisions left) and the action, on an acyclic MDP; the gradient methods then
+            search that family by default (their ``tied``).
         mdp: The :class:`~dmd_torch.mdp.TabularMDP` the mechanism controls (built by the subclass).
     """
 
@@ -62,6 +65,7 @@ class Setting(ABC):
     optimize_weights: bool = False
     optimize_boosts: bool = True
     boost_range: float = 1.0
+    boosts_by_height: ClassVar[bool] = False
     mdp: TabularMDP
 
     def __init__(self, n_agents: int, size: int, distribution: str | None = None) -> None:

@@ -32,6 +32,7 @@ class SequentialSales(Setting):
 
     name = "seq_sales"
     distributions = ("symmetric", "asymmetric")
+    boosts_by_height = True  # Myerson's auction (known_optimum): b(h, i) = -c_i / 2 in every history
 
     @classmethod
     def shape_of(cls, n_agents: int, size: int, **options: Any) -> tuple[int, int]:

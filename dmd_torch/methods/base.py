@@ -41,6 +41,8 @@ __all__ = [
     "restore",
     "exact_score",
     "stream_seed",
+    "height_groups",
+    "tie_to_heights",
 ]
 
 
@@ -215,3 +217,24 @@ def restore(ama: AMA, state: tuple[torch.Tensor, torch.Tensor]) -> None:
 def exact_score(ama: AMA, types: torch.Tensor) -> float:
     """Exact (unregularized) mean objective of ``ama`` on ``types`` (paper, section 5)."""
     return float(objective_values(ama, types).mean())
+
+
+def height_groups(setting: Setting) -> torch.Tensor | None:
+    """The (height, action) group of each boost ``[S * A]`` (``height * A + action``) on an acyclic
+    MDP, whose states as many steps from the end share a group; ``None`` on an MDP with cycles."""
+    heights = setting.mdp.heights
+    if heights is None:
+        return None
+    A = setting.mdp.num_actions
+    return (heights.cpu().unsqueeze(-1) * A + torch.arange(A)).flatten()
+
+
+def tie_to_heights(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``x[S, A]`` projected onto the boosts that depend only on (height, action): each entry
+    replaced by the mean of its group (:func:`height_groups`)."""
+    flat = x.flatten()
+    idx = groups.to(flat.device)
+    size = int(groups.max()) + 1
+    total = flat.new_zeros(size).index_add_(0, idx, flat)
+    count = flat.new_zeros(size).index_add_(0, idx, torch.ones_like(flat))
+    return (total / count)[idx].view_as(x)

@@ -8,7 +8,10 @@ equation 1), and takes a ``torch.optim`` step on ``-sign * objective`` after ``l
 (:mod:`dmd_torch.methods.zeroth_order`). Every ``eval_every`` steps the mechanism is evaluated
 exactly (unregularized inner problem, paper section 5) on a fixed held-out sample, and the best
 parameters so far are kept; with several starts (:class:`~dmd_torch.methods.multistart.MultiStart`)
-the start with the best held-out score wins (Algorithm 1, line 8).
+the start with the best held-out score wins (Algorithm 1, line 8). With ``tied`` (by default where
+the setting knows an optimum there: :attr:`~dmd_torch.envs.Setting.boosts_by_height`), every start
+and every gradient is projected onto the boosts shared by height (one per (height, action),
+:func:`~dmd_torch.methods.base.tie_to_heights`), so the steps search that family only.
 """
 
 from __future__ import annotations
@@ -28,9 +31,11 @@ from dmd_torch.methods.base import (
     StepEvent,
     exact_score,
     free_parameters,
+    height_groups,
     restore,
     snapshot,
     stream_seed,
+    tie_to_heights,
 )
 from dmd_torch.methods.multistart import MultiStart
 
@@ -78,7 +83,16 @@ class GradientMethod(Method):
 
     def check_setting(self, setting: Setting) -> None:
         super().check_setting(setting)
+        if self.config.tied and setting.mdp.heights is None:
+            raise ValueError(f"{self.name} tied=true needs an acyclic MDP (boosts shared by height); "
+                             f"{setting.name} has cycles; allowed: tied=false or null")
         self.estimator.check_setting(setting)
+
+    def tied_groups(self, ama: AMA) -> torch.Tensor | None:
+        """The (height, action) groups the boosts are tied to (:func:`height_groups`), or ``None``:
+        ``tied``, or where it is ``None`` the setting's ``boosts_by_height``, with free boosts."""
+        tied = self.config.tied if self.config.tied is not None else ama.setting.boosts_by_height
+        return height_groups(ama.setting) if tied and ama.boosts.requires_grad else None
 
     def total_work(self) -> int:
         return self.config.multistart.grid_points + self.config.multistart.starts * self.config.steps
@@ -97,6 +111,9 @@ class GradientMethod(Method):
         self.check_setting(setting)
         sign = setting.objective.sign
         starts = MultiStart(cfg.multistart).points(ama, cfg.init, heldout, seed, callback)
+        groups = self.tied_groups(ama)
+        if groups is not None:  # every start on the tied boosts; each gradient is projected onto them
+            starts = [(lw, tie_to_heights(b, groups)) for lw, b in starts]
         train_gen = torch.Generator().manual_seed(stream_seed(seed, "train"))
         noise_gen = torch.Generator().manual_seed(stream_seed(seed, "noise"))
         history: list[dict[str, float]] = []
@@ -123,6 +140,8 @@ class GradientMethod(Method):
                 optimizer.zero_grad(set_to_none=False)
                 objective = self.estimator.objective(ama, types, t, noise_gen).mean()
                 (-sign * objective).backward()
+                if groups is not None and ama.boosts.grad is not None:
+                    ama.boosts.grad.copy_(tie_to_heights(ama.boosts.grad, groups))
                 squares = [p.grad.pow(2).sum() for p in params if p.grad is not None]
                 optimizer.step()
                 if scheduler is not None:

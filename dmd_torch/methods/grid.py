@@ -34,7 +34,16 @@ from dmd_torch.cost import elements
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import ExactFollower
 from dmd_torch.mechanism import AMA
-from dmd_torch.methods.base import Callback, Method, MethodResult, StepEvent, exact_score, restore, stream_seed
+from dmd_torch.methods.base import (
+    Callback,
+    Method,
+    MethodResult,
+    StepEvent,
+    exact_score,
+    height_groups,
+    restore,
+    stream_seed,
+)
 from dmd_torch.objective import leader_objective
 
 __all__ = [
@@ -62,9 +71,9 @@ def boost_groups(setting: Setting, tied: bool) -> list[torch.Tensor]:
     shared by the states as many steps from the end. A boost is the sum of its coordinates."""
     S, A = setting.mdp.shape
     groups = [torch.arange(S * A)]
-    heights = setting.mdp.heights
-    if tied and heights is not None:
-        groups.insert(0, (heights.cpu().unsqueeze(-1) * A + torch.arange(A)).flatten())
+    by_height = height_groups(setting) if tied else None
+    if by_height is not None:
+        groups.insert(0, by_height)
     return groups
 
 
