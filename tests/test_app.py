@@ -88,6 +88,7 @@ def test_defaults_are_the_best_known_and_the_paper_variants_carry_the_papers_hyp
     assert (reg.alpha, reg.alpha_final, reg.profiles_per_step, reg.optimizer.lr, reg.backend) == (0.05, 0.02, 20, 0.03, "auto")
     paper = _compose(["method=reg_lp_paper"]).method
     assert (paper.name, paper.alpha, paper.alpha_final, paper.optimizer.lr, paper.profiles_per_step) == ("reg_lp", 0.01, None, 0.01, 20)
+    assert paper.scheduler.name is None and reg.scheduler.name == "CosineAnnealingLR"
     assert (paper.variant, reg.variant) == ("reg_lp_paper", "reg_lp")  # labels: output directory, report column
     for name in ("zeroth_order", "zeroth_order_paper"):
         zo = _compose([f"method={name}"]).method

@@ -368,8 +368,10 @@ def test_paper_variants_hold_the_papers_hyperparameters():
     paper = make_method("reg_lp_paper").config
     assert (paper.name, paper.variant, paper.alpha, paper.alpha_final) == ("reg_lp", "reg_lp_paper", 0.01, None)
     assert (paper.optimizer.name, paper.optimizer.lr, paper.profiles_per_step) == ("Adam", 0.01, 20)
+    assert paper.scheduler.name is None and paper.tied is False  # a constant step size; a boost per (state, action)
     zo = make_method("zeroth_order_paper").config
     assert (zo.num_perturbations, zo.sigma, zo.optimizer.name, zo.optimizer.lr) == (20, 0.05, "SGD", 0.1)
+    assert zo.scheduler.name is None and zo.tied is False
     grid = make_method("grid_paper", num_points=7).config
     assert (grid.scramble, grid.tied, grid.refine_rounds, grid.num_points) == (False, False, 0, 7)
     assert isinstance(make_method("grid_paper"), GridSearch) and make_method("grid").config.refine_rounds > 0
