@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from dmd_torch import AMA, make_env
-from dmd_torch.config import MultiStartConfig, OptimizerConfig, RegLPConfig, SchedulerConfig
+from dmd_torch.config import (
+    MultiStartConfig,
+    OptimizerConfig,
+    RegLPConfig,
+    SchedulerConfig,
+)
+from dmd_torch.envs.gridworld import Gridworld
 from dmd_torch.follower import affine_total
 from dmd_torch.methods import (
     METHODS,
@@ -20,7 +26,13 @@ from dmd_torch.methods import (
     ZerothOrderFollower,
     make_method,
 )
-from dmd_torch.methods.base import exact_score, free_parameters, height_groups, initial_mechanism, tie_to_heights
+from dmd_torch.methods.base import (
+    exact_score,
+    free_parameters,
+    height_groups,
+    initial_mechanism,
+    tie_to_heights,
+)
 from dmd_torch.methods.grid import (
     boost_groups,
     candidates_from_unit,
@@ -481,6 +493,14 @@ def test_gradient_methods_tie_boosts_where_the_setting_says(name):
             assert max(starts.values()) == 0.0 and spread(ama) == 0.0
         else:
             assert min(starts.values()) > 0.0 and spread(ama) > 0.0
+    # a setting that claims tied optima on an MDP with cycles is refused, not silently untied
+    class ClaimingGridworld(Gridworld):
+        boosts_by_height = True
+
+    gridworld = ClaimingGridworld(n_agents=2, size=2)
+    with pytest.raises(ValueError, match="declares boosts_by_height, but its MDP has cycles"):
+        make_method(name, tied=None).check_setting(gridworld)
+    make_method(name, tied=False).check_setting(gridworld)
     # the defaults: the setting's knowledge for the regularized LP, untied for zeroth order
     assert make_method("reg_lp").config.tied is None and make_method("zeroth_order").config.tied is False
 

@@ -83,9 +83,13 @@ class GradientMethod(Method):
 
     def check_setting(self, setting: Setting) -> None:
         super().check_setting(setting)
-        if self.config.tied and setting.mdp.heights is None:
-            raise ValueError(f"{self.name} tied=true needs an acyclic MDP (boosts shared by height); "
-                             f"{setting.name} has cycles; allowed: tied=false or null")
+        if setting.mdp.heights is None:
+            if self.config.tied:
+                raise ValueError(f"{self.name} tied=true needs an acyclic MDP (boosts shared by height); "
+                                 f"{setting.name} has cycles; allowed: tied=false or null")
+            if self.config.tied is None and setting.boosts_by_height:
+                raise ValueError(f"setting {setting.name!r} declares boosts_by_height, but its MDP has cycles "
+                                 "(no heights); allowed: boosts_by_height = False, or tied=false")
         self.estimator.check_setting(setting)
 
     def tied_groups(self, ama: AMA) -> torch.Tensor | None:
