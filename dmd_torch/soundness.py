@@ -46,6 +46,12 @@ def horizon(mdp: TabularMDP) -> float:
     return float(len(mdp.levels)) if mdp.levels is not None else 1.0 / (1.0 - mdp.gamma)
 
 
+def _bound_terms(setting: Setting, w: torch.Tensor, boosts: torch.Tensor) -> list[torch.Tensor]:
+    """``max |b|``, ``sum_i w_i R_i`` and ``min_i w_i`` as 0-d float64 tensors on the CPU (``w`` there)."""
+    R = setting.reward_scale().to(torch.float64)
+    return [boosts.detach().abs().amax().to(w), (w * R).sum(), w.min()]
+
+
 def _tolerance(setting: Setting, top: float, load: float, smallest: float) -> float:
     """The bound from ``max |b|``, ``sum_i w_i R_i`` and ``min_i w_i``."""
     Q = horizon(setting.mdp) * (top + load)
@@ -56,9 +62,7 @@ def ic_tolerance(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) 
     """The bound of the module docstring on the utility an agent can gain from float64's rounding,
     for weights ``[n]`` and boosts ``[S, A]``."""
     w = weights.detach().to(torch.float64).cpu()
-    R = setting.reward_scale().to(torch.float64)
-    top, load, smallest = torch.stack([boosts.detach().abs().max().to(w), (w * R).sum(), w.min()]).tolist()
-    return _tolerance(setting, top, load, smallest)
+    return _tolerance(setting, *torch.stack(_bound_terms(setting, w, boosts)).tolist())
 
 
 def check_sound(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor) -> float:
@@ -68,13 +72,11 @@ def check_sound(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tenso
     :data:`REFUSE`. One reduction serves both checks (it runs before every training step).
     """
     lw = log_weights.detach().to(torch.float64).cpu()
-    w = lw.exp()
-    R = setting.reward_scale().to(torch.float64)
-    stats = torch.stack([lw.abs().amax(), boosts.detach().abs().amax().to(lw), (w * R).sum(), w.min()]).tolist()
+    stats = torch.stack([lw.abs().amax(), *_bound_terms(setting, lw.exp(), boosts)]).tolist()
     for name, value in (("log_weights", stats[0]), ("boosts", stats[1])):
         if not math.isfinite(value):
             raise ValueError(f"mechanism parameter {name} contains NaN or inf")
-    scale = setting.reward_scale_max()
+    scale = float(setting.reward_scale().max())
     relative = _tolerance(setting, *stats[1:]) / (scale if scale > 0 else 1.0)
     if relative > REFUSE:
         raise ValueError(

@@ -125,12 +125,6 @@ class Setting(ABC):
             self._reward_scale = r.detach().abs().flatten(2).amax(-1).amax(0).cpu()
         return self._reward_scale
 
-    def reward_scale_max(self) -> float:
-        """``R = max_i R_i`` of :meth:`reward_scale` (computed once)."""
-        if getattr(self, "_reward_scale_max", None) is None:
-            self._reward_scale_max = float(self.reward_scale().max())
-        return self._reward_scale_max
-
     def search_box(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Lower and upper bounds ``[S, A]`` of the boosts that grid search samples (default ``[-B, B]``)."""
         high = torch.full(self.mdp.shape, float(self.boost_range), dtype=self.mdp.dtype, device=self.mdp.device)

@@ -234,7 +234,6 @@ def tie_to_heights(x: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
     replaced by the mean of its group (:func:`height_groups`)."""
     flat = x.flatten()
     idx = groups.to(flat.device)
-    size = int(groups.max()) + 1
-    total = flat.new_zeros(size).index_add_(0, idx, flat)
-    count = flat.new_zeros(size).index_add_(0, idx, torch.ones_like(flat))
+    count = torch.bincount(idx)
+    total = flat.new_zeros(count.numel()).index_add_(0, idx, flat)
     return (total / count)[idx].view_as(x)

@@ -32,6 +32,10 @@ class RegularizedEstimator(GradientEstimator):
 
     config: RegLPConfig
 
+    def __init__(self, config: RegLPConfig) -> None:
+        super().__init__(config)
+        self._built: tuple[TabularMDP, Backend] | None = None  # the backend of the last MDP asked for
+
     def alpha_at(self, t: int) -> float:
         """The entropy weight of gradient step ``t`` (``1..steps``) of a start."""
         cfg = self.config
@@ -46,10 +50,9 @@ class RegularizedEstimator(GradientEstimator):
 
     def backend(self, mdp: TabularMDP) -> Backend:
         """The configured backend for ``mdp``, built once per MDP."""
-        built = getattr(self, "_built", None)
-        if built is None or built[0] is not mdp:
-            built = self._built = (mdp, make_backend(mdp, self.config.backend, self.config.solver_options))
-        return built[1]
+        if self._built is None or self._built[0] is not mdp:
+            self._built = (mdp, make_backend(mdp, self.config.backend, self.config.solver_options))
+        return self._built[1]
 
     def objective(self, ama: AMA, types: torch.Tensor, step: int, generator: torch.Generator) -> torch.Tensor:
         return ama(types, alpha=self.alpha_at(step), backend=self.backend(ama.setting.mdp))

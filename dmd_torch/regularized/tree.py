@@ -137,14 +137,14 @@ class _TreeSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, c: torch.Tensor, alpha: float, tree: _Tree) -> torch.Tensor:  # type: ignore[override]
         pis, nus = _sweeps(tree, c, alpha)
-        ctx.alpha, ctx.tree, ctx.levels = alpha, tree, len(pis)
+        ctx.alpha, ctx.tree = alpha, tree
         ctx.save_for_backward(*pis, *nus)
         return torch.cat(nus, 1).index_select(1, tree.place)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, g: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        tree, H = ctx.tree, ctx.levels
+        tree, H = ctx.tree, len(ctx.tree.sizes)
         pis, nus = ctx.saved_tensors[:H], ctx.saved_tensors[H:]
         blocks = g.index_select(1, tree.order).split(tree.sizes, dim=1)
         dlog_pi, dG = [], g.new_zeros(0)
