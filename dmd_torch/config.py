@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import math
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -242,6 +243,35 @@ class GridConfig(MethodConfig):
     def screens(self) -> bool:
         """Whether each round is screened: ``0 < screen_profiles < profiles``."""
         return 0 < self.screen_profiles < self.profiles
+
+    def rounds(self) -> list[int]:
+        """Candidates per round: the global round (the centre included), then each local round."""
+        local = int(self.num_points * self.refine_fraction) if self.refine_rounds else 0
+        per = [local // self.refine_rounds + (k < local % self.refine_rounds) for k in range(self.refine_rounds)] if local else []
+        return [self.num_points - local, *per]
+
+    def kept(self, candidates: int) -> int:
+        """How many of a round's ``candidates`` are scored on all profiles: the best ``screen_keep``
+        share and at least ``top_k`` where the search screens, else all of them."""
+        if not self.screens:
+            return candidates
+        return min(candidates, max(math.ceil(self.screen_keep * candidates), self.top_k))
+
+    def scorings(self) -> list[tuple[int, int]]:
+        """The search's exact scorings as ``(candidates, profiles)`` pairs: per round, every candidate
+        on the first ``screen_profiles`` profiles and the kept ones on the others (the centre on all,
+        before the first round), or every candidate on all profiles."""
+        out: list[tuple[int, int]] = []
+        for k, count in enumerate(self.rounds()):
+            if k == 0 and self.screens:
+                out.append((1, self.profiles))
+                count -= 1
+            keep = self.kept(count)
+            if keep >= count:
+                out.append((count, self.profiles))
+            else:
+                out += [(count, self.screen_profiles), (keep, self.profiles - self.screen_profiles)]
+        return [(c, p) for c, p in out if c > 0]
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -2,16 +2,18 @@
 
 The work of every solve is proportional to its *elements*: profiles x problems x states x
 actions, where a profile has ``n + 1`` problems when the objective needs the problems without each
-agent (revenue) and one otherwise. The model is linear in them, plus one cubic term:
+agent (revenue) and one otherwise; every batched solve costs a fixed time besides. The model:
 
-* time of one exact evaluation of ``P`` profiles: ``eval_overhead_s + eval_s * P * E``;
+* time of one exact evaluation of ``P`` profiles: ``eval_solve_s * solves + eval_s * P * E``, with
+  ``solves`` the batches of :func:`~dmd_torch.evaluation.profile_chunk` profiles;
 * time of one training step: ``step_overhead_s + step_s * profiles_per_step * E + step_cubic_s *
   profiles_per_step * problems * N^3`` per method (the zeroth-order step includes its perturbed
   exact solves; ``N`` is the order of the dense system a Newton iteration of the regularized LP
   factors, :func:`~dmd_torch.regularized.newton_system_size`, 0 on history trees);
-* time of one grid candidate: ``grid_overhead_s + grid_s * profiles * E``; a screened search
-  (:class:`~dmd_torch.config.GridConfig` ``screen_profiles``) scores every candidate on
-  ``screen_profiles`` and the share ``screen_keep`` again on the rest;
+* time of a grid search: per scoring of ``C`` candidates on ``P`` profiles
+  (:meth:`~dmd_torch.config.GridConfig.scorings`: screened rounds score every candidate on a few
+  profiles, the best on the rest), ``grid_solve_s * solves + grid_s * C * P * E``, with ``solves``
+  the batched solves of :func:`candidate_batches`;
 * peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
   once (one evaluation batch, or one training step's profiles), plus what grid search holds whole:
   its training profiles' rewards and its candidates' coordinates,
@@ -37,6 +39,7 @@ from importlib import resources
 from typing import TYPE_CHECKING
 
 from dmd_torch.config import GridConfig
+from dmd_torch.evaluation import profile_chunk
 from dmd_torch.regularized import newton_system_size
 from dmd_torch.runtime import MAX_BATCH_ELEMENTS
 
@@ -47,6 +50,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CostModel",
+    "candidate_batches",
+    "candidate_solves",
+    "exact_seconds",
+    "grid_seconds",
     "CostEstimate",
     "cost_model",
     "available_memory",
@@ -69,22 +76,22 @@ class CostModel:
 
     Attributes:
         eval_s: Seconds per element of exact evaluation.
-        eval_overhead_s: Seconds per exact evaluation, whatever its size.
+        eval_solve_s: Seconds per batched solve of exact evaluation, whatever its size.
         step_s: Seconds per element of a training step, by method (``reg_lp``, ``zeroth_order``).
         step_overhead_s: Seconds per training step, by method.
         step_cubic_s: Seconds per problem and cubed Newton system order of a training step, by
             method (absent: 0).
-        grid_s: Seconds per element of scoring a grid candidate.
-        grid_overhead_s: Seconds per grid candidate.
+        grid_s: Seconds per element of scoring grid candidates.
+        grid_solve_s: Seconds per batched solve of grid candidates, whatever its size.
         bytes_per_element: Peak bytes per element held at once.
     """
 
     eval_s: float
-    eval_overhead_s: float
+    eval_solve_s: float
     step_s: dict[str, float]
     step_overhead_s: dict[str, float]
     grid_s: float
-    grid_overhead_s: float
+    grid_solve_s: float
     bytes_per_element: float
     step_cubic_s: dict[str, float] = field(default_factory=dict)
 
@@ -93,8 +100,8 @@ class CostModel:
 def _models() -> dict[str, CostModel]:
     text = resources.files("dmd_torch").joinpath("data", MODEL_FILE).read_text(encoding="utf-8")
     raw = json.loads(text)["settings"]
-    return {k: CostModel(v["eval_s"], v["eval_overhead_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
-                         v["grid_overhead_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})))
+    return {k: CostModel(v["eval_s"], v["eval_solve_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
+                         v["grid_solve_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})))
             for k, v in raw.items()}
 
 
@@ -106,10 +113,10 @@ def cost_model(setting_name: str) -> CostModel:
         return models[setting_name]
     ms = list(models.values())
     methods = {k for m in ms for k in m.step_s}
-    return CostModel(max(m.eval_s for m in ms), max(m.eval_overhead_s for m in ms),
+    return CostModel(max(m.eval_s for m in ms), max(m.eval_solve_s for m in ms),
                      {k: max(m.step_s.get(k, 0.0) for m in ms) for k in methods},
                      {k: max(m.step_overhead_s.get(k, 0.0) for m in ms) for k in methods},
-                     max(m.grid_s for m in ms), max(m.grid_overhead_s for m in ms), max(m.bytes_per_element for m in ms),
+                     max(m.grid_s for m in ms), max(m.grid_solve_s for m in ms), max(m.bytes_per_element for m in ms),
                      {k: max(m.step_cubic_s.get(k, 0.0) for m in ms) for k in methods})
 
 
@@ -133,6 +140,39 @@ def problems(n_agents: int, needs_without: bool = True) -> int:
 def elements(n_agents: int, states: int, actions: int, needs_without: bool = True) -> int:
     """Elements of one profile: ``problems * S * A`` (:func:`problems`)."""
     return problems(n_agents, needs_without) * states * actions
+
+
+def candidate_batches(per_profile: int, profiles: int, max_batch_elements: int) -> tuple[int, int]:
+    """How grid search batches its exact solves (:func:`~dmd_torch.methods.grid.score_candidates`):
+    ``(candidates, profiles)`` per solve, ``candidates x profiles x per_profile <= max_batch_elements``
+    where one profile fits: several candidates on all ``profiles`` when they fit, else one candidate
+    on chunks of them."""
+    chunk = max(1, min(profiles, max_batch_elements // per_profile))
+    batch = max(1, max_batch_elements // (per_profile * profiles)) if chunk == profiles else 1
+    return batch, chunk
+
+
+def candidate_solves(per_profile: int, candidates: int, profiles: int, max_batch_elements: int) -> int:
+    """Batched solves of scoring ``candidates`` on ``profiles`` (:func:`candidate_batches`)."""
+    batch, chunk = candidate_batches(per_profile, profiles, max_batch_elements)
+    return math.ceil(candidates / batch) * math.ceil(profiles / chunk)
+
+
+def exact_seconds(model: CostModel, setting: Setting, profiles: int) -> float:
+    """One exact evaluation of ``profiles`` profiles: its batched solves
+    (:func:`~dmd_torch.evaluation.profile_chunk`) and its elements."""
+    S, A = setting.mdp.shape
+    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    return model.eval_solve_s * math.ceil(profiles / profile_chunk(setting)) + model.eval_s * profiles * E
+
+
+def grid_seconds(model: CostModel, setting: Setting, cfg: GridConfig) -> float:
+    """A grid search: the batched solves and the elements of each of its scorings
+    (:meth:`~dmd_torch.config.GridConfig.scorings`)."""
+    S, A = setting.mdp.shape
+    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    return sum(model.grid_solve_s * candidate_solves(E, C, P, cfg.max_batch_elements) + model.grid_s * C * P * E
+               for C, P in cfg.scorings())
 
 
 @dataclass(frozen=True)
@@ -223,32 +263,22 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     model = cost_model(setting.name)
     S, A = setting.mdp.shape
     n = setting.n_agents
-    E = elements(n, S, A, setting.objective.needs_without)
-    def exact(profiles: int) -> float:  # one exact evaluation
-        return model.eval_overhead_s + model.eval_s * profiles * E
-
-    def grid(grid_cfg: GridConfig) -> float:  # a grid search, screened: share `keep` on all profiles
-        points, profiles = grid_cfg.num_points, grid_cfg.profiles
-        screen, keep = grid_cfg.screen_profiles, grid_cfg.screen_keep
-        if not grid_cfg.screens:
-            screen, keep = profiles, 0.0
-        return points * ((1.0 + keep) * model.grid_overhead_s + model.grid_s * (screen + keep * (profiles - screen)) * E)
-
-    evaluation = exact(eval_profiles)
+    evaluation = exact_seconds(model, setting, eval_profiles)
+    held_eval = exact_seconds(model, setting, heldout_profiles)
     known = 3 if setting.known_optimum() is not None else 2
     K = setting.mdp.next_states.shape[-1]
     if cfg.name == "grid":
         step = None
-        train = grid(cfg)
+        train = grid_seconds(model, setting, cfg) + held_eval  # the best candidate on the held-out sample
         held = rewards = cfg.profiles  # grid search holds its training profiles' rewards whole
         candidates = 8.0 * cfg.num_points * (2 * S * A + n)  # and every candidate's coordinates
     else:
         starts = cfg.multistart.starts
         step = step_seconds(model, setting, cfg)
         evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
-        train = starts * cfg.steps * step + evals * exact(heldout_profiles)
+        train = starts * cfg.steps * step + evals * held_eval
         grid_cfg = cfg.multistart.grid_config()
-        train += 0.0 if grid_cfg is None else grid(grid_cfg)
+        train += 0.0 if grid_cfg is None else grid_seconds(model, setting, grid_cfg) + held_eval
         held = max(cfg.profiles_per_step, heldout_profiles)
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)

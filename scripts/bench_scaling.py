@@ -3,22 +3,28 @@ as the sizes grow, the cost model's constants fitted from them, and the largest 
 
 For every size of every setting (sales n 2..8 x m 2..5, scheduling n 2..5 x T 3..6, gridworld
 g 3..8 x 2..5 agents, matching n 2..4 x m 2..4, static auctions n 1..5 x m 1..4; ``--quick``
-runs a subset), in a fresh process
-each (so that peak memory is that size's own, glibc's default allocator):
+runs a subset), in a fresh process each:
 
-* exact evaluation of ``--profiles`` profiles (the mechanism at its initial parameters): where a
-  first pass on ``--probe`` profiles predicts more than ``--max-seconds``, the time is
-  extrapolated linearly from it and marked ``~``;
+* the peak resident memory above the process's baseline, sampled every 2 ms, with glibc's default
+  allocator (so that it is that size's own): of exact evaluation, and of a one-step run of each
+  gradient method (the sampling thread would slow small steps);
+* then, with the allocator tuned as the library's programs run (:func:`dmd_torch.runtime.tune_allocator`),
+  the times: exact evaluation of ``--probe`` and of ``--profiles`` profiles (the mechanism at its
+  initial parameters; where the probe predicts more than ``--max-seconds``, the full pass is
+  extrapolated linearly from it and marked ``~``);
 * one training step of ``reg_lp`` and ``zeroth_order`` at their defaults: the time of a run of
-  ``2k`` steps less that of ``k`` steps, over ``k``, each the faster of two runs (a run's setup and
-  first-touch costs cancel; ``k`` steps take about half a second), and one grid candidate at the
-  defaults' profiles (the same difference between searches of ``2k`` and ``k`` candidates);
-* the peak resident memory above the process's baseline, sampled every 2 ms.
+  ``2k`` steps less that of ``k`` steps, over ``k`` (a run's setup and first-touch costs cancel),
+  and one candidate of the default grid search and of the paper's (the same difference between
+  searches of ``2k`` and ``k`` candidates; "refused" where the search space is wider than
+  Sobol's); each time the median of three runs where a run takes under 2 s, ``k`` doubled until
+  the difference stands above the noise.
 
-The model of :mod:`dmd_torch.cost` is fitted per setting: each time as ``overhead + rate x
-elements``, the regularized LP's step with a third term ``rate x profiles x problems x N^3`` in the
-order ``N`` of its Newton systems (nonnegative least squares on relative errors), memory as the
-largest bytes per element held.
+The model of :mod:`dmd_torch.cost` is fitted per setting by nonnegative least squares on relative
+errors: exact evaluation as ``rate x elements + per-solve x batched solves``; a training step as
+``overhead + rate x elements``, the regularized LP's with a third term ``rate x profiles x problems
+x N^3`` in the order ``N`` of its Newton systems; a grid candidate as the batched solves and the
+elements it adds to a search (:meth:`dmd_torch.config.GridConfig.scorings`); memory as the largest
+bytes per element held.
 ``--write-model`` writes the constants to ``dmd_torch/data/cost_model.json`` (whole, then
 renamed). The script then prints, per setting and method, the largest size whose default training
 run the model puts within ``--budget`` seconds (10 minutes), and a Markdown table of the
@@ -36,6 +42,8 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import statistics
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -91,30 +99,52 @@ class PeakMemory:
         return self.peak - self.base
 
 
-def per_unit(timed: Callable[[int], float], k: int) -> float:
-    """Seconds per unit of work: ``timed(2k) - timed(k)`` over ``k``, each the faster of two calls, so
-    that the setup of a call cancels (its whole time over ``2k`` where noise leaves no difference)."""
-    short, long = min(timed(k), timed(k)), min(timed(2 * k), timed(2 * k))
-    return (long - short) / k if long > short else long / (2 * k)
+def per_unit(timed: Callable[[int], float], k: int, cap: int) -> tuple[float, int]:
+    """Seconds per unit of work and the ``k`` used: ``timed(2k) - timed(k)`` over ``k``, so that the
+    setup of a call cancels; each the median of three calls where a call takes under 2 s. ``k``
+    doubles (up to ``cap``) until the longer call takes 1.5x the shorter, so that the difference
+    stands above the noise (the whole time over ``2k`` where noise leaves no difference)."""
+    while True:
+        first = timed(k)
+        repeats = 3 if first < 2.0 else 1
+        short = statistics.median([first, *(timed(k) for _ in range(repeats - 1))])
+        long = statistics.median(timed(2 * k) for _ in range(repeats))
+        if long >= 1.5 * short or 2 * k > cap:
+            return ((long - short) / k if long > short else long / (2 * k)), k
+        k *= 2
 
 
 def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float, queue: mp.Queue) -> None:
-    """Measures one size in this (fresh) process and puts a dict on ``queue``."""
+    """Measures one size in this (fresh) process and puts a dict on ``queue``; where an error stops
+    it, the dict says which (the table shows it)."""
+    try:
+        queue.put(_measure(name, n, m, profiles, probe, max_seconds))
+    except Exception as err:  # e.g. torch's allocator refusing a batch
+        first = (str(err).splitlines() or [""])[0][:160]
+        queue.put({"setting": name, "n": n, "m": m, "error": f"{type(err).__name__}: {first}"})
+
+
+def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float) -> dict:
+    """The measurements of one size (module docstring)."""
     import torch
 
     from dmd_torch import AMA, make_env
-    from dmd_torch.cost import elements, problems
-    from dmd_torch.evaluation import objective_values
-    from dmd_torch.methods import make_method
+    from dmd_torch.cost import candidate_solves, elements, problems
+    from dmd_torch.evaluation import objective_values, profile_chunk
+    from dmd_torch.config import TrainConfig
+    from dmd_torch.methods import Method, make_method
     from dmd_torch.regularized import newton_system_size
+    from dmd_torch.runtime import tune_allocator
+    from dmd_torch.tracking import RunLogger
+
+    LOG_EVERY = TrainConfig.log_every  # the app's default
 
     torch.set_num_threads(1)
     out: dict = {"setting": name, "n": n, "m": m}
     try:
         setting = make_env(name, n_agents=n, size=m, **OPTIONS[name])
     except ValueError as err:
-        queue.put({**out, "error": str(err)})
-        return
+        return {**out, "error": str(err)}
     S, A = setting.mdp.shape
     E = elements(n, S, A, setting.objective.needs_without)
     out.update(states=S, actions=A, elements=E)
@@ -122,44 +152,74 @@ def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: f
     ama = AMA(setting)
     types = setting.checked_sample(max(profiles, probe), gen)
     objective_values(ama, types[:2])  # lazy imports, first touch
-    with PeakMemory() as mem:
-        t = time.perf_counter()
-        objective_values(ama, types[:probe])
-        t_probe = time.perf_counter() - t
-        rows = probe
-        if t_probe * profiles / probe <= max_seconds:
-            t = time.perf_counter()
-            objective_values(ama, types[:profiles])
-            t_eval, rows, out["extrapolated"] = time.perf_counter() - t, profiles, False
-        else:
-            t_eval, out["extrapolated"] = t_probe * profiles / probe, True
-    out.update(eval_s=t_eval, eval_profiles=profiles, eval_rows=rows, eval_bytes=mem.bytes)
-    held = setting.checked_sample(2, gen)
-    step_bytes = 0
-    out.update(problems=problems(n, setting.objective.needs_without), newton_n=newton_system_size(setting.mdp))
-    for method in STEP_METHODS:
-        def run(steps: int) -> float:  # seconds of a run of ``steps`` steps from one start
-            t = time.perf_counter()
-            make_method(method, steps=steps, eval_every=steps, multistart={"starts": 1}).run(
-                AMA(setting), heldout=held, seed=0)
-            return time.perf_counter() - t
 
-        run(1)  # lazy imports, first touch
-        with PeakMemory() as mem:  # the sampling thread would slow small steps: memory from one step only
-            first = run(1)
-        step_bytes = max(step_bytes, mem.bytes)
-        out[f"{method}_step_s"] = per_unit(run, max(2, min(200, int(0.5 / first))))
-        out[f"{method}_pps"] = make_method(method).config.profiles_per_step
-    def search(points: int) -> float:  # seconds of a grid search of ``points`` candidates
+    def timed_eval(rows: int) -> float:
         t = time.perf_counter()
-        make_method("grid", num_points=points, refine_rounds=0, screen_profiles=0).run(AMA(setting), heldout=held, seed=0)
+        objective_values(ama, types[:rows])
         return time.perf_counter() - t
 
-    grid_profiles = make_method("grid").config.profiles
-    k = max(1, min(100, int(1.0 / max(1e-9, t_eval / profiles * grid_profiles))))
-    out.update(grid_candidate_s=per_unit(search, k), grid_profiles=grid_profiles,
-               step_bytes=step_bytes)
-    queue.put(out)
+    held = setting.checked_sample(2, gen)
+    logs = tempfile.TemporaryDirectory()
+
+    def timed_run(method: Method) -> float:  # seconds of a run with the app's logger (TensorBoard, no bar)
+        logger = RunLogger(Path(logs.name), method.total_work(), setting, progress=False, log_every=LOG_EVERY)
+        t = time.perf_counter()
+        method.run(AMA(setting), heldout=held, seed=0, callback=logger)
+        elapsed = time.perf_counter() - t
+        logger.close()
+        return elapsed
+
+    def run(method: str, steps: int) -> float:  # seconds of a run of ``steps`` steps from one start
+        return timed_run(make_method(method, steps=steps, eval_every=steps, multistart={"starts": 1}))
+
+    # peak memory first, with glibc's default allocator: this size's own (the sampling thread would
+    # slow small steps, so a training step's memory comes from a one-step run)
+    with PeakMemory() as mem:
+        full = timed_eval(probe) * profiles / probe <= max_seconds
+        rows = profiles if full else probe
+        if full:
+            timed_eval(profiles)
+    step_bytes = 0
+    for method in STEP_METHODS:
+        run(method, 1)  # lazy imports, first touch
+        with PeakMemory() as step_mem:
+            run(method, 1)
+        step_bytes = max(step_bytes, step_mem.bytes)
+    tune_allocator()  # then the times, as the library's programs run (they tune the allocator)
+    t_probe = timed_eval(probe)
+    t_eval = timed_eval(profiles) if full else t_probe * profiles / probe
+    out["extrapolated"] = not full
+    chunk = profile_chunk(setting)
+    out.update(eval_s=t_eval, eval_profiles=profiles, eval_rows=rows, eval_bytes=mem.bytes,
+               eval_solves=-(-profiles // chunk), probe_s=t_probe, probe_profiles=probe, probe_solves=-(-probe // chunk))
+    out.update(problems=problems(n, setting.objective.needs_without), newton_n=newton_system_size(setting.mdp))
+    for method in STEP_METHODS:
+        first = run(method, 1)
+        out[f"{method}_step_s"] = per_unit(lambda steps: run(method, steps), max(2, min(200, int(0.5 / first))), 4000)[0]
+        out[f"{method}_pps"] = make_method(method).config.profiles_per_step
+    out.update(step_bytes=step_bytes, grid=[])
+    for variant in ("grid", "grid_paper"):  # the default search (screened, refined) and the paper's
+        def search(points: int) -> float:  # seconds of a search of ``points`` candidates
+            return timed_run(make_method(variant, num_points=points))
+
+        def work(points: int) -> tuple[int, int]:  # batched solves and elements of that search
+            cfg = make_method(variant, num_points=points).config
+            return (sum(candidate_solves(E, C, P, cfg.max_batch_elements) for C, P in cfg.scorings()),
+                    sum(C * P * E for C, P in cfg.scorings()))
+
+        try:  # e.g. more coordinates than Sobol points have
+            make_method(variant).check_setting(setting)
+        except ValueError:
+            out["grid"].append({"variant": variant, "refused": True})
+            continue
+        cfg = make_method(variant).config
+        least = 2 * cfg.refine_rounds if cfg.refine_rounds else 1  # a point for each local round
+        per_candidate = t_eval / profiles * cfg.profiles
+        seconds, k = per_unit(search, max(least, min(400, int(1.0 / max(1e-9, per_candidate)))), 8192)
+        (s1, e1), (s2, e2) = work(k), work(2 * k)
+        out["grid"].append({"variant": variant, "candidate_s": seconds, "solves": (s2 - s1) / k, "elements": (e2 - e1) / k})
+    logs.cleanup()
+    return out
 
 
 def run_size(name: str, n: int, m: int, args: argparse.Namespace) -> dict:
@@ -172,40 +232,46 @@ def run_size(name: str, n: int, m: int, args: argparse.Namespace) -> dict:
         proc.kill()
         return {"setting": name, "n": n, "m": m, "error": f"over {args.timeout:.0f} s"}
     if queue.empty():
-        return {"setting": name, "n": n, "m": m, "error": f"exit code {proc.exitcode} (out of memory?)"}
+        return {"setting": name, "n": n, "m": m, "error": f"exit code {proc.exitcode} (killed: out of memory?)"}
     return queue.get()
 
 
-def fit(columns: list[list[float]], t: list[float]) -> list[float]:
-    """``[overhead, rate_1, ...]`` of ``t ~ overhead + sum_j rate_j * columns[j]``, nonnegative least
-    squares on relative errors."""
+def fit(columns: list[list[float]], t: list[float], intercept: bool = True) -> list[float]:
+    """``[overhead, rate_1, ...]`` of ``t ~ overhead + sum_j rate_j * columns[j]`` (without
+    ``intercept``: ``[rate_1, ...]``), nonnegative least squares on relative errors."""
     from scipy.optimize import nnls
 
     T = np.asarray(t, dtype=float)
-    design = np.stack([np.ones_like(T), *(np.asarray(c, dtype=float) for c in columns)], 1) / T[:, None]
+    cols = [np.ones_like(T)] if intercept else []
+    design = np.stack([*cols, *(np.asarray(c, dtype=float) for c in columns)], 1) / T[:, None]
     coef, _ = nnls(design, np.ones_like(T))
     return [float(x) for x in coef]
 
 
 def model_of(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
-    eval_o, eval_s = fit([[r["eval_profiles"] * r["elements"] for r in ok]], [r["eval_s"] for r in ok])
+    # exact evaluation: the probe and the full pass, each its batched solves and its elements
+    evals = [(r[f"{k}_solves"], r[f"{k}_profiles"] * r["elements"], r[f"{k}_s"]) for r in ok
+             for k in ("probe", "eval") if not (k == "eval" and r["extrapolated"])]
+    eval_o, eval_s = fit([[e[0] for e in evals], [e[1] for e in evals]], [e[2] for e in evals], intercept=False)
     steps = {}
     for method in STEP_METHODS:
         linear = [r[f"{method}_pps"] * r["elements"] for r in ok]
         cubic = [r[f"{method}_pps"] * r["problems"] * r["newton_n"] ** 3 for r in ok]
         times = [r[f"{method}_step_s"] for r in ok]
         steps[method] = fit([linear, cubic], times) if method == "reg_lp" and any(cubic) else [*fit([linear], times), 0.0]
-    grid_o, grid_s = fit([[r["grid_profiles"] * r["elements"] for r in ok]], [r["grid_candidate_s"] for r in ok])
+    grids = [g for r in ok for g in r["grid"] if "candidate_s" in g]
+    grid_o, grid_s = fit([[g["solves"] for g in grids], [g["elements"] for g in grids]],
+                         [g["candidate_s"] for g in grids], intercept=False)
     from dmd_torch.runtime import MAX_BATCH_ELEMENTS
 
     per_element = [r["eval_bytes"] / min(MAX_BATCH_ELEMENTS, r["eval_rows"] * r["elements"]) for r in ok
                    if r["eval_rows"] * r["elements"] >= 100_000]
     return {
-        "eval_s": eval_s, "eval_overhead_s": eval_o,
+        "eval_s": eval_s, "eval_solve_s": eval_o,
         "step_s": {k: v[1] for k, v in steps.items()}, "step_overhead_s": {k: v[0] for k, v in steps.items()},
         "step_cubic_s": {k: v[2] for k, v in steps.items()},
-        "grid_s": grid_s, "grid_overhead_s": grid_o,
+        "grid_s": grid_s, "grid_solve_s": grid_o,
         "bytes_per_element": max(per_element, default=64.0),
         "measured": [[r["n"], r["m"]] for r in ok],
     }
@@ -235,6 +301,10 @@ def largest_within(name: str, budget: float) -> dict[str, str]:
             continue
         S, A = setting.mdp.shape
         for method in ("grid", "zeroth_order", "reg_lp"):
+            try:
+                make_method(method).check_setting(setting)
+            except ValueError:  # refused before work
+                continue
             est = estimate(setting, make_method(method))
             if est.total_s <= budget:
                 size = S * A * (n + 1)
@@ -290,7 +360,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown setting(s) {', '.join(unknown)}; allowed: {', '.join(SIZES)}")
     table = ["| setting | n | size | S | A | elements/profile | exact eval (s) | eval peak (MiB) | reg_lp step (ms) "
-             "| zeroth_order step (ms) | grid candidate (ms) | step peak (MiB) |", "|" + "---|" * 12]
+             "| zeroth_order step (ms) | grid candidate, default / paper (ms) | step peak (MiB) |", "|" + "---|" * 12]
     models = {}
     for name in names:
         rows = []
@@ -302,9 +372,10 @@ def main() -> None:
                 table.append(f"| {name} | {n} | {m} | — | — | — | {r['error']} | | | | | |")
                 continue
             mark = "~" if r["extrapolated"] else ""
+            grid_ms = " / ".join(f"{1e3 * g['candidate_s']:.2f}" if "candidate_s" in g else "refused" for g in r["grid"])
             line = (f"| {name} | {n} | {m} | {r['states']} | {r['actions']} | {r['elements']} | {mark}{r['eval_s']:.2f} "
                     f"| {r['eval_bytes'] / 2**20:.0f} | {1e3 * r['reg_lp_step_s']:.1f} | {1e3 * r['zeroth_order_step_s']:.1f} "
-                    f"| {1e3 * r['grid_candidate_s']:.1f} | {r['step_bytes'] / 2**20:.0f} |")
+                    f"| {grid_ms} | {r['step_bytes'] / 2**20:.0f} |")
             table.append(line)
             print(line, flush=True)
         if any("error" not in r for r in rows):
@@ -322,10 +393,11 @@ def main() -> None:
 
         cost._models.cache_clear()
     for name, model in models.items():
-        print(f"{name}: eval {model['eval_s']:.3g} s/element (+{model['eval_overhead_s']:.3g} s), "
+        print(f"{name}: eval {model['eval_s']:.3g} s/element (+{model['eval_solve_s']:.3g} s per solve), "
               + ", ".join(f"{k} step {v:.3g} s/element (+{model['step_cubic_s'][k]:.3g} s per problem x N^3)"
                           for k, v in model["step_s"].items())
-              + f", grid {model['grid_s']:.3g} s/element, {model['bytes_per_element']:.0f} bytes/element")
+              + f", grid {model['grid_s']:.3g} s/element (+{model['grid_solve_s']:.3g} s per solve), "
+              + f"{model['bytes_per_element']:.0f} bytes/element")
     if args.write_model:
         print(f"\nlargest size whose default training run fits in {args.budget / 60:.0f} min (model):")
         for name in models:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
-from dmd_torch import make_env
-from dmd_torch.cost import CostEstimate, check_fits, cost_model, elements, estimate
+from dmd_torch import AMA, make_env
+from dmd_torch.cost import CostEstimate, candidate_solves, check_fits, cost_model, elements, estimate, exact_seconds
+from dmd_torch.evaluation import profile_chunk
 from dmd_torch.envs import ENVS
 from dmd_torch.methods import make_method
 
@@ -46,28 +48,61 @@ def test_check_fits_against_a_given_memory():
 
 
 def test_estimate_follows_the_model():
-    """The estimate is the model's formula: linear in the grid's candidates and in the steps."""
+    """The estimate is the model's formula: the grid search's scorings, the steps, the evaluations."""
     setting = make_env("seq_sales", n_agents=4, size=3)
     model = cost_model("seq_sales")
     E = elements(4, *setting.mdp.shape)
     small, large = (estimate(setting, make_method("grid", num_points=k, screen_profiles=0)) for k in (1000, 2000))
     assert small.step_s is None and isinstance(small, CostEstimate)
-    per_candidate = model.grid_overhead_s + model.grid_s * 2000 * E
-    assert large.total_s - small.total_s == pytest.approx(1000 * per_candidate)
-    # screened on 250 profiles, a tenth on the other 1750 too: 1.1 scorings and 425 profiles a candidate
-    screened = [estimate(setting, make_method("grid", num_points=k, screen_keep=0.1)) for k in (1000, 2000)]
-    per_screened = 1.1 * model.grid_overhead_s + model.grid_s * 425 * E
-    assert screened[1].total_s - screened[0].total_s == pytest.approx(1000 * per_screened)
-    assert small.evaluation_s == pytest.approx(model.eval_overhead_s + model.eval_s * 10_000 * E)
+    solves = candidate_solves(E, 2000, 2000, 500_000) - candidate_solves(E, 1000, 2000, 500_000)
+    assert large.total_s - small.total_s == pytest.approx(model.grid_solve_s * solves + model.grid_s * 1000 * 2000 * E)
+    # screened: a round's candidates on 250 profiles in batches 8x larger, a tenth of them on the other 1750
+    screened = estimate(setting, make_method("grid", refine_rounds=0))
+    head = model.grid_solve_s * candidate_solves(E, 9999, 250, 500_000) + model.grid_s * 9999 * 250 * E
+    rest = model.grid_solve_s * candidate_solves(E, 1000, 1750, 500_000) + model.grid_s * 1000 * 1750 * E
+    centre = model.grid_solve_s * candidate_solves(E, 1, 2000, 500_000) + model.grid_s * 2000 * E
+    assert screened.total_s - 3 * screened.evaluation_s - exact_seconds(model, setting, 2000) == pytest.approx(head + rest + centre)
+    assert candidate_solves(E, 9999, 250, 500_000) < candidate_solves(E, 9999, 2000, 500_000) / 4
+    chunk = profile_chunk(setting)
+    assert small.evaluation_s == pytest.approx(model.eval_solve_s * -(-10_000 // chunk) + model.eval_s * 10_000 * E)
     a, b = (estimate(setting, make_method("reg_lp", steps=k)) for k in (100, 200))
     assert a.step_s == pytest.approx(model.step_overhead_s["reg_lp"] + model.step_s["reg_lp"] * 20 * E)
-    assert b.total_s - a.total_s == pytest.approx(3 * 100 * a.step_s + 3 * 2 * (model.eval_overhead_s + model.eval_s * 2000 * E))
+    assert b.total_s - a.total_s == pytest.approx(3 * 100 * a.step_s + 3 * 2 * exact_seconds(model, setting, 2000))
     assert setting.cost("reg_lp").total_s == pytest.approx(estimate(setting, make_method("reg_lp")).total_s)
     assert "expected duration" in a.describe() and "GiB" in a.describe()
     # a larger problem costs more, and a setting the benchmark never measured takes the largest constants
     assert estimate(make_env("seq_sales", n_agents=6, size=4), make_method("reg_lp")).total_s > b.total_s
     unknown = cost_model("no_such_setting")
     assert unknown.eval_s >= model.eval_s and unknown.bytes_per_element >= model.bytes_per_element
+
+
+@pytest.mark.parametrize(("name", "n", "m"), [("seq_sales", 3, 2), ("seq_sales", 6, 4), ("gridworld", 3, 3)])
+@pytest.mark.parametrize("variant", ["grid", "grid_paper"])
+def test_the_model_counts_the_solves_a_grid_search_makes(monkeypatch, name, n, m, variant):
+    """What the estimate counts is what the search does: its scorings (candidates x profiles, the
+    screen and the kept on the rest) and the batched solves of each, recorded from a real search."""
+    from dmd_torch.methods import grid as grid_module
+
+    setting = make_env(name, n_agents=n, size=m)
+    method = make_method(variant, num_points=60, profiles=120, screen_profiles=30 if variant == "grid" else 0,
+                         max_batch_elements=20_000)
+    scorings, solves = [], [0]
+    score, solve = grid_module.score_candidates, grid_module.leader_objective
+
+    def spy_score(setting, lw, b, types, *args, **kwargs):
+        scorings.append((lw.shape[0], types.shape[0]))
+        return score(setting, lw, b, types, *args, **kwargs)
+
+    def spy_solve(*args, **kwargs):
+        solves[0] += 1
+        return solve(*args, **kwargs)
+
+    monkeypatch.setattr(grid_module, "score_candidates", spy_score)
+    monkeypatch.setattr(grid_module, "leader_objective", spy_solve)
+    method.run(AMA(setting), heldout=setting.sample_types(4, torch.Generator().manual_seed(0)))
+    assert scorings == method.config.scorings()
+    E = elements(n, *setting.mdp.shape)
+    assert solves[0] == sum(candidate_solves(E, C, P, 20_000) for C, P in scorings)
 
 
 def test_the_regularized_step_grows_with_the_newton_systems_cube():

@@ -360,6 +360,17 @@ def test_tree_backend_on_gridworld_is_rejected_before_work():
         method.run(AMA(setting), heldout=_heldout(setting, 10), callback=lambda e: pytest.fail("work started"))
 
 
+def test_a_search_space_wider_than_sobols_is_refused_before_work():
+    """Sales with 7 buyers and 5 items has 4,681 x 8 boosts: more coordinates than SobolEngine
+    draws; grid search, and a gradient method that starts from one, refuse it in one line."""
+    setting = make_env("seq_sales", n_agents=7, size=5)
+    for method in (make_method("grid"), make_method("reg_lp", multistart={"grid_points": 10})):
+        with pytest.raises(ValueError, match=r"^grid search on seq_sales .* has 37,4\d\d coordinates; .* at most 21,201") as info:
+            method.check_setting(setting)
+        assert "\n" not in str(info.value)
+    make_method("reg_lp").check_setting(setting)  # random starts: no Sobol points
+
+
 def test_registry_and_configs():
     """make_method and the method classes build from the same config dataclasses as the app."""
     assert set(METHODS) == {"grid", "zeroth_order", "reg_lp"}
@@ -431,8 +442,8 @@ def test_grid_local_rounds_and_tied_boosts():
     high = float(setting.search_box()[1][0, 0])
     assert torch.equal(b[0, heights == 0, 0], torch.full_like(b[0, heights == 0, 0], high))
     assert b[0].abs().sum() == high * int((heights == 0).sum())
-    assert make_method("grid").rounds() == [5000, 1250, 1250, 1250, 1250]
-    assert make_method("grid_paper").rounds() == [10_000]
+    assert make_method("grid").config.rounds() == [5000, 1250, 1250, 1250, 1250]
+    assert make_method("grid_paper").config.rounds() == [10_000]
     gridworld = make_env("gridworld", n_agents=2, size=3)  # cyclic: no heights, one coordinate per (s, a)
     assert len(boost_groups(gridworld, tied=True)) == 1
 

@@ -91,6 +91,9 @@ class GradientMethod(Method):
                 raise ValueError(f"setting {setting.name!r} declares boosts_by_height, but its MDP has cycles "
                                  "(no heights); allowed: boosts_by_height = False, or tied=false")
         self.estimator.check_setting(setting)
+        grid = MultiStart(self.config.multistart).grid
+        if grid is not None:
+            grid.check_setting(setting)
 
     def tied_groups(self, ama: AMA) -> torch.Tensor | None:
         """The (height, action) groups the boosts are tied to (:func:`height_groups`), or ``None``:

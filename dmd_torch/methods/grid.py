@@ -30,7 +30,7 @@ from torch.quasirandom import SobolEngine
 
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.config import GridConfig
-from dmd_torch.cost import elements
+from dmd_torch.cost import candidate_batches, elements
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import ExactFollower
 from dmd_torch.mechanism import AMA
@@ -176,10 +176,9 @@ def score_candidates(
     """Mean exact objective of each candidate on the common profiles ``types``, ``[C]``.
 
     Each batched solve covers ``candidates x profiles x problems x S x A <= max_batch_elements``
-    (at least one candidate and one profile; ``n + 1`` problems per profile where the objective
-    needs the problems without each agent, else one): several candidates per solve when the
-    profiles are few, else one candidate on chunks of the profiles (small batches stay in cache and
-    run faster). The rewards depend on the profiles only and are computed once.
+    (:func:`~dmd_torch.cost.candidate_batches`: several candidates per solve when the profiles are
+    few, else one candidate on chunks of the profiles; small batches stay in cache and run faster).
+    The rewards depend on the profiles only and are computed once.
 
     Args:
         setting: The setting.
@@ -194,9 +193,8 @@ def score_candidates(
         check_finite(name, x)
     S, A = setting.mdp.shape
     per_profile = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    batch, chunk = candidate_batches(per_profile, types.shape[0], max_batch_elements)
     P = types.shape[0]
-    chunk = max(1, min(P, max_batch_elements // per_profile))
-    batch = max(1, max_batch_elements // (per_profile * P)) if chunk == P else 1
     r = setting.checked_rewards(types)
     chunks = list(zip(types.split(chunk), r.split(chunk)))
     out = []
@@ -218,17 +216,20 @@ class GridSearch(Method):
     def total_work(self) -> int:
         return self.config.num_points
 
+    def check_setting(self, setting: Setting) -> None:
+        """Also refuses a search space wider than Sobol's (``SobolEngine.MAXDIM`` coordinates)."""
+        super().check_setting(setting)
+        dim_b = sum(int(g.max()) + 1 for g in boost_groups(setting, self.config.tied)) if setting.optimize_boosts else 0
+        dim = dim_b + (setting.n_agents if setting.optimize_weights else 0)
+        if dim > SobolEngine.MAXDIM:
+            raise ValueError(f"grid search on {setting.name} (n_agents={setting.n_agents}, {setting.mdp.num_states:,} states x "
+                             f"{setting.mdp.num_actions} actions) has {dim:,} coordinates; Sobol points allow at most "
+                             f"{SobolEngine.MAXDIM:,}; allowed: a smaller setting, or a gradient method without grid starts")
+
     def training_profiles(self, setting: Setting, seed: int = 0) -> torch.Tensor:
         """The common profiles every candidate is scored on, ``[profiles, n, K]``."""
         gen = torch.Generator().manual_seed(stream_seed(seed, "grid-profiles"))
         return setting.checked_sample(self.config.profiles, gen)
-
-    def rounds(self) -> list[int]:
-        """Candidates per round: the global round (the centre included), then each local round."""
-        cfg = self.config
-        local = int(cfg.num_points * cfg.refine_fraction) if cfg.refine_rounds else 0
-        per = [local // cfg.refine_rounds + (k < local % cfg.refine_rounds) for k in range(cfg.refine_rounds)] if local else []
-        return [cfg.num_points - local, *per]
 
     def run(
         self,
@@ -258,8 +259,8 @@ class GridSearch(Method):
         def score_round(lw: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             """The round's scores on ``types``; with screening, the worst value for those dropped."""
             C, P, screen = lw.shape[0], types.shape[0], cfg.screen_profiles
-            keep = max(math.ceil(cfg.screen_keep * C), cfg.top_k)  # the top_k best are always scored on all
-            if not cfg.screens or keep >= C:
+            keep = cfg.kept(C)  # the top_k best are always scored on all
+            if keep >= C:
                 return score_candidates(setting, lw, b, types, cfg.max_batch_elements, lambda s: report(s.numel(), s))
             head = score_candidates(setting, lw, b, types[:screen], cfg.max_batch_elements, lambda s: report(s.numel()))
             kept = torch.argsort(sign * head, descending=True, stable=True)[:keep]
@@ -270,7 +271,7 @@ class GridSearch(Method):
             return scores
 
         units, all_scores = [], []
-        for k, count in enumerate(self.rounds()):
+        for k, count in enumerate(cfg.rounds()):
             if k == 0:
                 u = sobol_unit(dim, count, stream_seed(seed, "grid-sobol") % 2**31, cfg.scramble)
                 if cfg.scramble:  # the unscrambled sequence starts at the centre itself
