@@ -21,7 +21,8 @@ agent (revenue) and one otherwise; every batched solve costs a fixed time beside
 where ``E = problems * S * A``. ``scripts/bench_scaling.py`` measures the constants per setting
 (time and peak memory as the sizes grow; times by nonnegative least squares on relative errors) and writes them to
 the package data ``dmd_torch/data/cost_model.json``; a setting it has not measured (a user's) takes
-the largest constant of those measured.
+the largest constant of those measured, and an estimate says so, as it does for a size past the
+largest the benchmark measured (:func:`caveat`).
 
 :func:`check_fits` refuses a setting whose smallest run would not fit in the memory available,
 before its MDP is built (:meth:`~dmd_torch.envs.Setting.shape_of`); :func:`estimate` gives a
@@ -55,6 +56,7 @@ __all__ = [
     "exact_seconds",
     "grid_seconds",
     "CostEstimate",
+    "caveat",
     "cost_model",
     "available_memory",
     "elements",
@@ -84,6 +86,10 @@ class CostModel:
         grid_s: Seconds per element of scoring grid candidates.
         grid_solve_s: Seconds per batched solve of grid candidates, whatever its size.
         bytes_per_element: Peak bytes per element held at once.
+        max_states: The most states of a size the benchmark measured (``None``: not recorded).
+        max_elements: The most elements per profile of a size it measured.
+        measured: Whether the benchmark measured this setting (else: the largest constants of those
+            it did).
     """
 
     eval_s: float
@@ -94,6 +100,9 @@ class CostModel:
     grid_solve_s: float
     bytes_per_element: float
     step_cubic_s: dict[str, float] = field(default_factory=dict)
+    max_states: int | None = None
+    max_elements: int | None = None
+    measured: bool = True
 
 
 @lru_cache(maxsize=1)
@@ -101,7 +110,8 @@ def _models() -> dict[str, CostModel]:
     text = resources.files("dmd_torch").joinpath("data", MODEL_FILE).read_text(encoding="utf-8")
     raw = json.loads(text)["settings"]
     return {k: CostModel(v["eval_s"], v["eval_solve_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
-                         v["grid_solve_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})))
+                         v["grid_solve_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})),
+                     v.get("max_states"), v.get("max_elements"))
             for k, v in raw.items()}
 
 
@@ -117,7 +127,7 @@ def cost_model(setting_name: str) -> CostModel:
                      {k: max(m.step_s.get(k, 0.0) for m in ms) for k in methods},
                      {k: max(m.step_overhead_s.get(k, 0.0) for m in ms) for k in methods},
                      max(m.grid_s for m in ms), max(m.grid_solve_s for m in ms), max(m.bytes_per_element for m in ms),
-                     {k: max(m.step_cubic_s.get(k, 0.0) for m in ms) for k in methods})
+                     {k: max(m.step_cubic_s.get(k, 0.0) for m in ms) for k in methods}, measured=False)
 
 
 def available_memory() -> int:
@@ -185,18 +195,40 @@ class CostEstimate:
         total_s: The whole run: training, held-out evaluations, the final evaluation of the
             mechanism, VCG and the known optimum.
         peak_bytes: Peak memory.
+        caveat: Why the estimate may be far off, or ``None``: the setting was not benchmarked, or
+            the size lies past the largest it measured (:func:`caveat`).
     """
 
     evaluation_s: float
     step_s: float | None
     total_s: float
     peak_bytes: float
+    caveat: str | None = None
 
     def describe(self) -> str:
-        """One line: the expected duration and peak memory."""
+        """One line: the expected duration and peak memory, and the caveat if any."""
         step = "" if self.step_s is None else f", {format_duration(self.step_s)} per training step"
+        note = "" if self.caveat is None else f"; {self.caveat}"
         return (f"expected duration {format_duration(self.total_s)} (exact evaluation {format_duration(self.evaluation_s)}{step}), "
-                f"peak memory {self.peak_bytes / _GIB:.2f} GiB")
+                f"peak memory {self.peak_bytes / _GIB:.2f} GiB{note}")
+
+
+def caveat(model: CostModel, setting: Setting) -> str | None:
+    """Why an estimate for ``setting`` may be far off: its constants were not measured, or its
+    states or elements per profile exceed the largest size the benchmark measured (the model's
+    terms are then extrapolated: on MDPs with cycles the regularized LP's step grows with S^3,
+    beyond the fitted range's linear term). ``None`` within the measured range."""
+    if not model.measured:
+        return (f"setting {setting.name!r} was not benchmarked: estimated with the largest constants "
+                "of those that were (scripts/bench_scaling.py)")
+    S, A = setting.mdp.shape
+    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    if model.max_states is None or model.max_elements is None:
+        return None
+    if S > model.max_states or E > model.max_elements:
+        return (f"extrapolated past the largest size benchmarked ({model.max_states:,} states, "
+                f"{model.max_elements:,} elements per profile; here {S:,} and {E:,}): may be far off")
+    return None
 
 
 def format_duration(seconds: float) -> str:
@@ -283,4 +315,4 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)
     peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without) + candidates
-    return CostEstimate(evaluation, step, train + known * evaluation, peak)
+    return CostEstimate(evaluation, step, train + known * evaluation, peak, caveat(model, setting))

@@ -33,7 +33,7 @@ measurements (``docs/benchmarks.md``, "Scaling").
 ``--check DIR`` instead compares the model's estimate with the ``runtime_seconds`` of every
 finished run below ``DIR`` (e.g. ``outputs``) and prints the ratios' median and range per variant.
 
-Usage: ``python scripts/bench_scaling.py [--quick] [--write-model] [--settings seq_sales,gridworld]``
+Usage: ``python scripts/bench_scaling.py [--quick] [--write-model] [--settings seq_sales,gridworld] [--sizes 7x5,8x5]``
 or ``python scripts/bench_scaling.py --check outputs``
 """
 
@@ -274,12 +274,14 @@ def model_of(rows: list[dict]) -> dict:
         "grid_s": grid_s, "grid_solve_s": grid_o,
         "bytes_per_element": max(per_element, default=64.0),
         "measured": [[r["n"], r["m"]] for r in ok],
+        "max_states": max(r["states"] for r in ok), "max_elements": max(r["elements"] for r in ok),
     }
 
 
 def largest_within(name: str, budget: float) -> dict[str, str]:
     """Per method, the largest size (most elements) of a wider range whose default run the model
-    puts within ``budget`` seconds."""
+    puts within ``budget`` seconds: within the measured range, and, where larger, past it (the
+    estimate's caveat: extrapolated, marked ``*``)."""
     from dmd_torch import make_env
     from dmd_torch.cost import estimate
     from dmd_torch.envs import ENVS
@@ -290,7 +292,7 @@ def largest_within(name: str, budget: float) -> dict[str, str]:
              "gridworld": [(n, g) for n in range(2, 9) for g in range(3, 16)],
              "matching": [(n, m) for n in range(2, 6) for m in range(2, 6)],
              "static_auction": [(n, m) for n in range(1, 9) for m in range(1, 8)]}[name]
-    best: dict[str, tuple[float, str]] = {}
+    best: dict[tuple[str, bool], tuple[float, str]] = {}  # (method, extrapolated) -> (elements, text)
     for n, m in sizes:
         shape = ENVS[name].shape_of(n_agents=n, size=m, **OPTIONS[name])
         if shape is not None and shape[0] * shape[1] * (n + 1) > 5e7:  # far past 10 minutes: not built
@@ -306,11 +308,18 @@ def largest_within(name: str, budget: float) -> dict[str, str]:
             except ValueError:  # refused before work
                 continue
             est = estimate(setting, make_method(method))
-            if est.total_s <= budget:
-                size = S * A * (n + 1)
-                if method not in best or size > best[method][0]:
-                    best[method] = (size, f"n={n}, size={m} ({est.total_s / 60:.1f} min)")
-    return {k: v[1] for k, v in best.items()}
+            key = (method, est.caveat is not None)
+            size = S * A * (n + 1)
+            if est.total_s <= budget and (key not in best or size > best[key][0]):
+                best[key] = (size, f"n={n}, size={m} ({est.total_s / 60:.1f} min)")
+    out = {}
+    for method in ("grid", "zeroth_order", "reg_lp"):
+        within, past = best.get((method, False)), best.get((method, True))
+        text = [within[1]] if within else []
+        if past and (within is None or past[0] > within[0]):
+            text.append(f"{past[1]}*")
+        out[method] = "; ".join(text) or "none"
+    return out
 
 
 def check(root: Path) -> None:
@@ -344,6 +353,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", default=",".join(SIZES))
     parser.add_argument("--quick", action="store_true", help="a few sizes per setting")
+    parser.add_argument("--sizes", default="", help="only these sizes, e.g. 7x5,8x5 (n x size)")
     parser.add_argument("--profiles", type=int, default=10_000)
     parser.add_argument("--probe", type=int, default=200)
     parser.add_argument("--max-seconds", type=float, default=20.0, help="longest exact evaluation run in full")
@@ -355,6 +365,12 @@ def main() -> None:
     if args.check is not None:
         check(args.check)
         return
+    try:
+        only = {tuple(int(x) for x in z.split("x")) for z in args.sizes.split(",") if z}
+    except ValueError:
+        parser.error(f"--sizes {args.sizes!r}: allowed: comma-separated n x size pairs, e.g. 7x5,8x5")
+    if args.write_model and (args.quick or only):
+        parser.error("--write-model fits the constants on every size of a setting; allowed without --quick and --sizes")
     names = [s for s in args.settings.split(",") if s]
     unknown = sorted(set(names) - set(SIZES))
     if unknown:
@@ -365,6 +381,8 @@ def main() -> None:
     for name in names:
         rows = []
         for n, m in (QUICK if args.quick else SIZES)[name]:
+            if only and (n, m) not in only:
+                continue
             r = run_size(name, n, m, args)
             rows.append(r)
             if "error" in r:
@@ -399,7 +417,8 @@ def main() -> None:
               + f", grid {model['grid_s']:.3g} s/element (+{model['grid_solve_s']:.3g} s per solve), "
               + f"{model['bytes_per_element']:.0f} bytes/element")
     if args.write_model:
-        print(f"\nlargest size whose default training run fits in {args.budget / 60:.0f} min (model):")
+        print(f"\nlargest size whose default training run fits in {args.budget / 60:.0f} min (model; *: past the "
+              "measured sizes, extrapolated):")
         for name in models:
             print(f"  {name}: " + "; ".join(f"{k}: {v}" for k, v in largest_within(name, args.budget).items()))
 

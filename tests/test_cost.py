@@ -7,6 +7,7 @@ import torch
 
 from dmd_torch import AMA, make_env
 from dmd_torch.cost import CostEstimate, candidate_solves, check_fits, cost_model, elements, estimate, exact_seconds
+from dmd_torch.envs.sales import SequentialSales
 from dmd_torch.evaluation import profile_chunk
 from dmd_torch.envs import ENVS
 from dmd_torch.methods import make_method
@@ -103,6 +104,25 @@ def test_the_model_counts_the_solves_a_grid_search_makes(monkeypatch, name, n, m
     assert scorings == method.config.scorings()
     E = elements(n, *setting.mdp.shape)
     assert solves[0] == sum(candidate_solves(E, C, P, 20_000) for C, P in scorings)
+
+
+def test_an_estimate_past_the_measured_sizes_or_for_an_unmeasured_setting_says_so():
+    """Within the benchmark's largest size (gridworld 5 x 8: 64 states, 1,536 elements a profile)
+    no caveat; past it (3 agents on 15 x 15) the estimate is flagged as extrapolated, in the line
+    the app prints; a setting the benchmark never measured is flagged as such."""
+    model = cost_model("gridworld")
+    assert (model.max_states, model.max_elements) == (64, 1536) and model.measured
+    assert make_env("gridworld", n_agents=5, size=8).cost("reg_lp").caveat is None
+    far = make_env("gridworld", n_agents=3, size=15).cost("reg_lp")
+    assert far.caveat.startswith("extrapolated past the largest size benchmarked (64 states, 1,536 elements per "
+                                 "profile; here 225 and 3,600)")
+    assert far.describe().endswith(far.caveat) and "\n" not in far.describe()
+
+    class Resale(SequentialSales):
+        name = "resale"
+
+    mine = estimate(Resale(n_agents=2, size=2), make_method("grid"))
+    assert mine.caveat.startswith("setting 'resale' was not benchmarked") and not cost_model("resale").measured
 
 
 def test_the_regularized_step_grows_with_the_newton_systems_cube():
