@@ -111,7 +111,7 @@ def _models() -> dict[str, CostModel]:
     raw = json.loads(text)["settings"]
     return {k: CostModel(v["eval_s"], v["eval_solve_s"], dict(v["step_s"]), dict(v["step_overhead_s"]), v["grid_s"],
                          v["grid_solve_s"], v["bytes_per_element"], dict(v.get("step_cubic_s", {})),
-                     v.get("max_states"), v.get("max_elements"))
+                         v.get("max_states"), v.get("max_elements"))
             for k, v in raw.items()}
 
 

@@ -2,8 +2,9 @@
 as the sizes grow, the cost model's constants fitted from them, and the largest sizes that fit.
 
 For every size of every setting (sales n 2..8 x m 2..5, scheduling n 2..5 x T 3..6, gridworld
-g 3..8 x 2..5 agents, matching n 2..4 x m 2..4, static auctions n 1..5 x m 1..4; ``--quick``
-runs a subset), in a fresh process each:
+g 3..8, 10, 12 x 2..5 agents (the larger grids show the regularized LP's S^3 growth), matching
+n 2..4 x m 2..4, static auctions n 1..5 x m 1..4; ``--quick`` runs a subset), in a fresh process
+each:
 
 * the peak resident memory above the process's baseline, sampled every 2 ms, with glibc's default
   allocator (so that it is that size's own): of exact evaluation, and of a one-step run of each
@@ -54,7 +55,7 @@ import numpy as np
 SIZES = {
     "seq_sales": [(n, m) for m in range(2, 6) for n in range(2, 9)],
     "scheduling": [(n, t) for t in range(3, 7) for n in range(2, 6)],
-    "gridworld": [(n, g) for g in range(3, 9) for n in range(2, 6)],
+    "gridworld": [(n, g) for g in (*range(3, 9), 10, 12) for n in range(2, 6)],
     "matching": [(n, m) for m in range(2, 5) for n in range(2, 5)],
     "static_auction": [(n, m) for m in range(1, 5) for n in range(1, 6)],
 }
