@@ -60,6 +60,7 @@ __all__ = [
     "cost_model",
     "available_memory",
     "elements",
+    "setting_elements",
     "problems",
     "check_fits",
     "estimate",
@@ -152,6 +153,12 @@ def elements(n_agents: int, states: int, actions: int, needs_without: bool = Tru
     return problems(n_agents, needs_without) * states * actions
 
 
+def setting_elements(setting: Setting) -> int:
+    """Elements of one profile of ``setting`` (:func:`elements` of its sizes and objective)."""
+    S, A = setting.mdp.shape
+    return elements(setting.n_agents, S, A, setting.objective.needs_without)
+
+
 def candidate_batches(per_profile: int, profiles: int, max_batch_elements: int) -> tuple[int, int]:
     """How grid search batches its exact solves (:func:`~dmd_torch.methods.grid.score_candidates`):
     ``(candidates, profiles)`` per solve, ``candidates x profiles x per_profile <= max_batch_elements``
@@ -171,16 +178,14 @@ def candidate_solves(per_profile: int, candidates: int, profiles: int, max_batch
 def exact_seconds(model: CostModel, setting: Setting, profiles: int) -> float:
     """One exact evaluation of ``profiles`` profiles: its batched solves
     (:func:`~dmd_torch.evaluation.profile_chunk`) and its elements."""
-    S, A = setting.mdp.shape
-    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    E = setting_elements(setting)
     return model.eval_solve_s * math.ceil(profiles / profile_chunk(setting)) + model.eval_s * profiles * E
 
 
 def grid_seconds(model: CostModel, setting: Setting, cfg: GridConfig) -> float:
     """A grid search: the batched solves and the elements of each of its scorings
     (:meth:`~dmd_torch.config.GridConfig.scorings`)."""
-    S, A = setting.mdp.shape
-    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    E = setting_elements(setting)
     return sum(model.grid_solve_s * candidate_solves(E, C, P, cfg.max_batch_elements) + model.grid_s * C * P * E
                for C, P in cfg.scorings())
 
@@ -221,8 +226,7 @@ def caveat(model: CostModel, setting: Setting) -> str | None:
     if not model.measured:
         return (f"setting {setting.name!r} was not benchmarked: estimated with the largest constants "
                 "of those that were (scripts/bench_scaling.py)")
-    S, A = setting.mdp.shape
-    E = elements(setting.n_agents, S, A, setting.objective.needs_without)
+    S, E = setting.mdp.num_states, setting_elements(setting)
     if model.max_states is None or model.max_elements is None:
         return None
     if S > model.max_states or E > model.max_elements:
@@ -269,14 +273,11 @@ def step_seconds(model: CostModel, setting: Setting, cfg: MethodConfig) -> float
     """One training step of the gradient method ``cfg`` (``reg_lp`` or ``zeroth_order``) on
     ``setting``: overhead, the linear term in the elements and, for ``reg_lp``, the cubic one in
     the Newton system's order (module docstring)."""
-    S, A = setting.mdp.shape
-    needs_without = setting.objective.needs_without
-    step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * elements(
-        setting.n_agents, S, A, needs_without)
+    step = model.step_overhead_s[cfg.name] + model.step_s[cfg.name] * cfg.profiles_per_step * setting_elements(setting)
     cubic = model.step_cubic_s.get(cfg.name, 0.0)
     if cubic and cfg.name == "reg_lp":
         N = newton_system_size(setting.mdp, cfg.backend)
-        step += cubic * cfg.profiles_per_step * problems(setting.n_agents, needs_without) * N**3
+        step += cubic * cfg.profiles_per_step * problems(setting.n_agents, setting.objective.needs_without) * N**3
     return step
 
 

@@ -130,7 +130,7 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
     import torch
 
     from dmd_torch import AMA, make_env
-    from dmd_torch.cost import candidate_solves, elements, problems
+    from dmd_torch.cost import candidate_solves, problems, setting_elements
     from dmd_torch.evaluation import objective_values, profile_chunk
     from dmd_torch.config import TrainConfig
     from dmd_torch.methods import Method, make_method
@@ -147,7 +147,7 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
     except ValueError as err:
         return {**out, "error": str(err)}
     S, A = setting.mdp.shape
-    E = elements(n, S, A, setting.objective.needs_without)
+    E = setting_elements(setting)
     out.update(states=S, actions=A, elements=E)
     gen = torch.Generator().manual_seed(0)
     ama = AMA(setting)

@@ -30,7 +30,7 @@ from torch.quasirandom import SobolEngine
 
 from dmd_torch.checks import check_finite, check_int
 from dmd_torch.config import GridConfig
-from dmd_torch.cost import candidate_batches, elements
+from dmd_torch.cost import candidate_batches, setting_elements
 from dmd_torch.envs.base import Setting
 from dmd_torch.follower import ExactFollower
 from dmd_torch.mechanism import AMA
@@ -53,6 +53,7 @@ __all__ = [
     "local_points",
     "candidates_from_unit",
     "boost_groups",
+    "boost_dimensions",
     "free_dimensions",
     "score_candidates",
     "CANDIDATE_FOLLOWER",
@@ -77,10 +78,15 @@ def boost_groups(setting: Setting, tied: bool) -> list[torch.Tensor]:
     return groups
 
 
+def boost_dimensions(setting: Setting, tied: bool = False) -> int:
+    """Search coordinates of the boosts: the groups of :func:`boost_groups` together."""
+    return sum(int(g.max()) + 1 for g in boost_groups(setting, tied))
+
+
 def free_dimensions(ama: AMA, tied: bool = False) -> tuple[int, int]:
     """``(boost coordinates, weight coordinates)`` a search moves (those with ``requires_grad``;
     boost coordinates as in :func:`boost_groups`)."""
-    dim_b = sum(int(g.max()) + 1 for g in boost_groups(ama.setting, tied)) if ama.boosts.requires_grad else 0
+    dim_b = boost_dimensions(ama.setting, tied) if ama.boosts.requires_grad else 0
     dim_w = ama.setting.n_agents if ama.log_weights.requires_grad else 0
     if dim_b + dim_w == 0:
         raise ValueError("the mechanism has no free parameters to search over")
@@ -191,10 +197,8 @@ def score_candidates(
     check_int("max_batch_elements", max_batch_elements)
     for name, x in (("grid log-weights", log_weights), ("grid boosts", boosts)):
         check_finite(name, x)
-    S, A = setting.mdp.shape
-    per_profile = elements(setting.n_agents, S, A, setting.objective.needs_without)
-    batch, chunk = candidate_batches(per_profile, types.shape[0], max_batch_elements)
     P = types.shape[0]
+    batch, chunk = candidate_batches(setting_elements(setting), P, max_batch_elements)
     r = setting.checked_rewards(types)
     chunks = list(zip(types.split(chunk), r.split(chunk)))
     out = []
@@ -219,8 +223,8 @@ class GridSearch(Method):
     def check_setting(self, setting: Setting) -> None:
         """Also refuses a search space wider than Sobol's (``SobolEngine.MAXDIM`` coordinates)."""
         super().check_setting(setting)
-        dim_b = sum(int(g.max()) + 1 for g in boost_groups(setting, self.config.tied)) if setting.optimize_boosts else 0
-        dim = dim_b + (setting.n_agents if setting.optimize_weights else 0)
+        dim = (boost_dimensions(setting, self.config.tied) if setting.optimize_boosts else 0) + (
+            setting.n_agents if setting.optimize_weights else 0)
         if dim > SobolEngine.MAXDIM:
             raise ValueError(f"grid search on {setting.name} (n_agents={setting.n_agents}, {setting.mdp.num_states:,} states x "
                              f"{setting.mdp.num_actions} actions) has {dim:,} coordinates; Sobol points allow at most "
