@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from dmd_torch.checks import check_device
 from dmd_torch.config import METHOD_CONFIGS, EvaluateConfig, TrainConfig, to_config
 from dmd_torch.description import DESCRIPTION_FILES, write_description
 from dmd_torch.envs import Setting, setting_from_config
@@ -99,18 +100,6 @@ def output_directory(config: TrainConfig) -> Path:
     raise ValueError("no output directory: set output_dir=PATH (or run through scripts/train.py)")
 
 
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(str(name))
-    except RuntimeError:
-        raise ValueError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"unsupported device {name!r}; allowed: cpu, cuda, cuda:N")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {name!r} is not available here; allowed: cpu")
-    return device
-
-
 def prepare(cfg: DictConfig | Mapping[str, Any]) -> Job:
     """Checks the whole configuration and builds the setting and the method (no work yet); refuses
     a run whose estimated peak memory exceeds the memory available (one line)."""
@@ -118,7 +107,7 @@ def prepare(cfg: DictConfig | Mapping[str, Any]) -> Job:
     setting = setting_from_config(config.env)
     method = make_method(config.method)
     method.check_setting(setting)
-    device = _device(config.device)
+    device = check_device("device", config.device)
     method_config = {k: v for k, v in dataclasses.asdict(config.method).items() if k != "variant"}
     fingerprint = run_fingerprint(setting.config(), method_config, config.seed, config.heldout_profiles,
                                   config.eval.profiles, config.eval.seed)
@@ -188,9 +177,7 @@ def train(job: Job, logger: RunLogger) -> tuple[AMA, MethodResult]:
         torch.set_num_threads(config.threads)
     if config.tune_allocator:
         tune_allocator()
-    if job.device.type != "cpu":
-        setting.mdp = setting.mdp.to(job.device)
-    ama = AMA(setting).to(job.device)
+    ama = AMA(setting.to(job.device)).to(job.device)
     gen = torch.Generator().manual_seed(stream_seed(config.seed, "heldout"))
     heldout = setting.checked_sample(config.heldout_profiles, gen).to(job.device)
     return ama, job.method.run(ama, heldout=heldout, seed=config.seed, callback=logger)

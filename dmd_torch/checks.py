@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["check_int", "check_float", "check_bool", "check_choice", "check_finite", "all_finite"]
+__all__ = ["check_int", "check_float", "check_bool", "check_choice", "check_device", "check_finite", "all_finite"]
 
 
 def check_int(name: str, value: Any, minimum: int = 1) -> int:
@@ -40,6 +40,20 @@ def check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> str:
     if value not in allowed:
         raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(allowed)}")
     return value
+
+
+def check_device(name: str, value: Any) -> torch.device:
+    """``value`` as a ``torch.device`` if it names the CPU or a CUDA device torch can use, else a
+    one-line ``ValueError`` (``name``: how the caller spells the option, e.g. ``device``)."""
+    try:
+        device = torch.device(str(value))
+    except RuntimeError:
+        raise ValueError(f"unknown {name} {value!r}; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"unsupported {name} {value!r}; allowed: cpu, cuda, cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"{name} {value!r} is not available here; allowed: cpu")
+    return device
 
 
 def all_finite(tensor: torch.Tensor) -> bool:

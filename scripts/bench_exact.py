@@ -16,13 +16,16 @@
    the full problem with its policy and the ``n`` others for their values only
    (:func:`~dmd_torch.exact.optimal_values`), same values checked, and the speed-up.
 
+With ``--device cuda`` the exact path of parts 1 and 2 runs on a GPU (HiGHS, and parts 3 and 4,
+on the CPU).
+
 Exact evaluation is timed over ``--repeats`` passes after a first one (its rate is printed too:
 it includes lazy imports and the first touch of the memory), each followed by the HiGHS solves,
 so that load changes of a shared machine hit both sides; rates are medians, and each speed-up is
 the median of the per-round ratios. The allocator settings are those of the library's scripts
 (:func:`dmd_torch.runtime.tune_allocator`) unless ``--default-allocator``.
 
-Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 40] [--repeats 5]``
+Usage: ``python scripts/bench_exact.py [--profiles 10000] [--lp-profiles 40] [--repeats 5] [--device cuda]``
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import time
 import torch
 
 from dmd_torch import AMA, make_env
-from dmd_torch.checks import check_int
+from dmd_torch.checks import check_device, check_int
 from dmd_torch.evaluation import objective_values, profile_chunk
 from dmd_torch.exact import mean_reward_policy, optimal_values, solve_exact, solve_lp_highs
 from dmd_torch.follower import affine_problems, affine_rewards, certified_without
@@ -59,31 +62,36 @@ def main() -> None:
                         help="timed rounds after the first exact pass, each an exact pass and the HiGHS solves (medians)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="where the exact path of parts 1 and 2 runs: cpu, cuda or cuda:N")
     parser.add_argument("--default-allocator", action="store_true",
                         help="keep glibc's default malloc settings (the library's scripts call dmd_torch.runtime.tune_allocator)")
     args = parser.parse_args()
-    try:
-        check_int("--repeats", args.repeats)
-    except ValueError as exc:
-        parser.error(str(exc))
     if not 1 <= args.lp_profiles <= args.profiles:
         parser.error(f"--lp-profiles must lie in [1, --profiles = {args.profiles}], got {args.lp_profiles}")
+    try:
+        check_int("--repeats", args.repeats)
+        device = check_device("--device", args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if args.threads:
         torch.set_num_threads(args.threads)
     tuned = not args.default_allocator and tune_allocator()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator {'tuned' if tuned else 'default'}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, allocator {'tuned' if tuned else 'default'}, "
+          f"exact path on {device}")
     print(f"\n{'cell':<28}{'1st pass/s':>11}{'exact prof/s':>13}{'LPs/profile':>12}{'HiGHS prof/s':>13}{'speed-up':>9}"
           f"{'all n+1 LPs/s':>14}{'speed-up':>9}")
     for name, n, m, dist in CELLS:
-        env = make_env(name, n_agents=n, size=m, distribution=dist)
-        ama = AMA.vcg(env)
+        env = make_env(name, n_agents=n, size=m, distribution=dist)  # HiGHS's, on the CPU
+        ama = AMA.vcg(make_env(name, n_agents=n, size=m, distribution=dist).to(device)).to(device)
         types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed))
-        chunks = types.split(profile_chunk(env))
+        chunks = types.to(device).split(profile_chunk(env))
 
         def exact_pass() -> float:  # the whole outcome: policy, values, payments, revenue, loss
             t0 = time.perf_counter()
             for chunk in chunks:
                 ama.outcome(chunk)
+            sync()
             return time.perf_counter() - t0
 
         cold_rate = args.profiles / exact_pass()  # also the warm-up (lazy imports, first touch of memory)
@@ -91,12 +99,12 @@ def main() -> None:
         # asw^(-i) = asw is not certified without a solve (follower.certified_without)
         solved = torch.cat([
             torch.cat([torch.ones(len(t), 1, dtype=torch.bool),
-                       ~certified_without(env.mdp, env.rewards(t), ama.outcome(t).agent_values)], dim=1)
+                       ~certified_without(env.mdp, env.rewards(t.cpu()), ama.outcome(t).agent_values.cpu())], dim=1)
             for t in chunks
         ])
         lps_per_profile = float(solved.sum()) / args.profiles  # over all profiles, not just HiGHS's subset
         lp_types = types[: args.lp_profiles]
-        c = affine_rewards(env.rewards(lp_types), ama.weights.detach(), ama.boosts.detach())  # [P, n + 1, S, A]
+        c = affine_rewards(env.rewards(lp_types), ama.weights.detach().cpu(), ama.boosts.detach().cpu())  # [P, n + 1, S, A]
         solve_lp_highs(env.mdp, c[0, :1])  # warm-up: SciPy's lazy imports stay out of the timing
         lp_sets = ((c[solved[: args.lp_profiles]], lps_per_profile), (c.flatten(0, 1), n + 1.0))
         exact_rates, highs_rates = [], [[], []]
@@ -118,10 +126,11 @@ def main() -> None:
     for name, dist, cells in TABLES:
         t_table = 0.0
         for n, m in cells:
-            env = make_env(name, n_agents=n, size=m, distribution=dist)
-            types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed))
+            env = make_env(name, n_agents=n, size=m, distribution=dist).to(device)
+            types = env.sample_types(args.profiles, torch.Generator().manual_seed(args.seed)).to(device)
             t0 = time.perf_counter()
-            objective_values(AMA.vcg(env), types)
+            objective_values(AMA.vcg(env).to(device), types)
+            sync()
             t_table += time.perf_counter() - t0
         total += t_table
         print(f"  {name} {dist:<11} {len(cells):>2} cells {t_table:7.2f} s")
@@ -130,7 +139,7 @@ def main() -> None:
     print(f"{'cell':<28}{'default start':>14}{'mean start':>12}{'speed-up':>11}")
     for n, m in ((2, 3), (5, 4)):
         env = make_env("gridworld", n_agents=n, size=m)
-        grid = GridSearch(num_points=4)
+        grid = GridSearch(num_points=4, refine_rounds=0)  # Sobol points only
         types = grid.training_profiles(env, args.seed)
         lw, b = sobol_candidates(AMA(env), grid.config.num_points, args.seed)
         r = env.rewards(types)
@@ -150,7 +159,7 @@ def main() -> None:
     print(f"{'cell':<28}{'all policies':>14}{'values only':>13}{'speed-up':>10}")
     for n, m, dist in ((3, 2, "symmetric"), (5, 3, "asymmetric")):
         env = make_env("seq_sales", n_agents=n, size=m, distribution=dist)
-        grid = GridSearch(num_points=4)
+        grid = GridSearch(num_points=4, refine_rounds=0)  # Sobol points only
         types = grid.training_profiles(env, args.seed)
         lw, b = sobol_candidates(AMA(env), grid.config.num_points, args.seed)
         r = env.rewards(types)

@@ -31,10 +31,13 @@ renamed). The script then prints, per setting and method, the largest size whose
 run the model puts within ``--budget`` seconds (10 minutes), and a Markdown table of the
 measurements (``docs/benchmarks.md``, "Scaling").
 
+``--device cuda`` measures on a GPU instead (peak memory: what torch allocates on the device); the
+cost model stays the CPU's (``--write-model`` is refused there).
+
 ``--check DIR`` instead compares the model's estimate with the ``runtime_seconds`` of every
 finished run below ``DIR`` (e.g. ``outputs``) and prints the ratios' median and range per variant.
 
-Usage: ``python scripts/bench_scaling.py [--quick] [--write-model] [--settings seq_sales,gridworld] [--sizes 7x5,8x5]``
+Usage: ``python scripts/bench_scaling.py [--quick] [--write-model] [--settings seq_sales,gridworld] [--sizes 7x5,8x5] [--device cuda]``
 or ``python scripts/bench_scaling.py --check outputs``
 """
 
@@ -77,9 +80,20 @@ def _rss() -> int:
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 2 ms by a thread."""
+    """Peak resident memory above the level at entry, sampled every 2 ms by a thread; on a CUDA
+    ``device``, the peak of the device memory torch allocates instead."""
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.cuda = device.startswith("cuda")
 
     def __enter__(self) -> PeakMemory:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = self.peak = torch.cuda.memory_allocated()
+            return self
         self.base = self.peak = _rss()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -91,6 +105,12 @@ class PeakMemory:
             self.peak = max(self.peak, _rss())
 
     def __exit__(self, *exc: object) -> None:
+        if self.cuda:
+            import torch
+
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated()
+            return
         self._stop.set()
         self._thread.join()
         self.peak = max(self.peak, _rss())
@@ -115,18 +135,18 @@ def per_unit(timed: Callable[[int], float], k: int, cap: int) -> tuple[float, in
         k *= 2
 
 
-def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float, queue: mp.Queue) -> None:
+def measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float, device: str, queue: mp.Queue) -> None:
     """Measures one size in this (fresh) process and puts a dict on ``queue``; where an error stops
     it, the dict says which (the table shows it)."""
     try:
-        queue.put(_measure(name, n, m, profiles, probe, max_seconds))
+        queue.put(_measure(name, n, m, profiles, probe, max_seconds, device))
     except Exception as err:  # e.g. torch's allocator refusing a batch
         first = (str(err).splitlines() or [""])[0][:160]
         queue.put({"setting": name, "n": n, "m": m, "error": f"{type(err).__name__}: {first}"})
 
 
-def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float) -> dict:
-    """The measurements of one size (module docstring)."""
+def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: float, device: str) -> dict:
+    """The measurements of one size (module docstring), on ``device``."""
     import torch
 
     from dmd_torch import AMA, make_env
@@ -143,29 +163,32 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
     torch.set_num_threads(1)
     out: dict = {"setting": name, "n": n, "m": m}
     try:
-        setting = make_env(name, n_agents=n, size=m, **OPTIONS[name])
+        setting = make_env(name, n_agents=n, size=m, **OPTIONS[name]).to(device)
     except ValueError as err:
         return {**out, "error": str(err)}
+    sync = torch.cuda.synchronize if setting.mdp.device.type == "cuda" else (lambda: None)
     S, A = setting.mdp.shape
     E = setting_elements(setting)
     out.update(states=S, actions=A, elements=E)
     gen = torch.Generator().manual_seed(0)
-    ama = AMA(setting)
-    types = setting.checked_sample(max(profiles, probe), gen)
+    ama = AMA(setting).to(device)
+    types = setting.checked_sample(max(profiles, probe), gen).to(device)
     objective_values(ama, types[:2])  # lazy imports, first touch
 
     def timed_eval(rows: int) -> float:
         t = time.perf_counter()
         objective_values(ama, types[:rows])
+        sync()
         return time.perf_counter() - t
 
-    held = setting.checked_sample(2, gen)
+    held = setting.checked_sample(2, gen).to(device)
     logs = tempfile.TemporaryDirectory()
 
     def timed_run(method: Method) -> float:  # seconds of a run with the app's logger (TensorBoard, no bar)
         logger = RunLogger(Path(logs.name), method.total_work(), setting, progress=False, log_every=LOG_EVERY)
         t = time.perf_counter()
-        method.run(AMA(setting), heldout=held, seed=0, callback=logger)
+        method.run(AMA(setting).to(device), heldout=held, seed=0, callback=logger)
+        sync()
         elapsed = time.perf_counter() - t
         logger.close()
         return elapsed
@@ -175,7 +198,7 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
 
     # peak memory first, with glibc's default allocator: this size's own (the sampling thread would
     # slow small steps, so a training step's memory comes from a one-step run)
-    with PeakMemory() as mem:
+    with PeakMemory(device) as mem:
         full = timed_eval(probe) * profiles / probe <= max_seconds
         rows = profiles if full else probe
         if full:
@@ -183,7 +206,7 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
     step_bytes = 0
     for method in STEP_METHODS:
         run(method, 1)  # lazy imports, first touch
-        with PeakMemory() as step_mem:
+        with PeakMemory(device) as step_mem:
             run(method, 1)
         step_bytes = max(step_bytes, step_mem.bytes)
     tune_allocator()  # then the times, as the library's programs run (they tune the allocator)
@@ -226,7 +249,7 @@ def _measure(name: str, n: int, m: int, profiles: int, probe: int, max_seconds: 
 def run_size(name: str, n: int, m: int, args: argparse.Namespace) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=measure, args=(name, n, m, args.profiles, args.probe, args.max_seconds, queue))
+    proc = ctx.Process(target=measure, args=(name, n, m, args.profiles, args.probe, args.max_seconds, args.device, queue))
     proc.start()
     proc.join(args.timeout)
     if proc.is_alive():
@@ -361,6 +384,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per size")
     parser.add_argument("--budget", type=float, default=600.0, help="a default run's time budget (s)")
     parser.add_argument("--write-model", action="store_true", help=f"write the constants to {MODEL}")
+    parser.add_argument("--device", default="cpu", help="where to measure: cpu (the cost model's), cuda or cuda:N")
     parser.add_argument("--check", type=Path, help="compare the model with the finished runs below this directory")
     args = parser.parse_args()
     if args.check is not None:
@@ -372,6 +396,14 @@ def main() -> None:
         parser.error(f"--sizes {args.sizes!r}: allowed: comma-separated n x size pairs, e.g. 7x5,8x5")
     if args.write_model and (args.quick or only):
         parser.error("--write-model fits the constants on every size of a setting; allowed without --quick and --sizes")
+    try:
+        from dmd_torch.checks import check_device
+
+        device = check_device("--device", args.device)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if args.write_model and device.type != "cpu":
+        parser.error("--write-model fits the CPU's constants (what the cost estimates use); allowed with --device cpu")
     names = [s for s in args.settings.split(",") if s]
     unknown = sorted(set(names) - set(SIZES))
     if unknown:
@@ -379,6 +411,7 @@ def main() -> None:
     table = ["| setting | n | size | S | A | elements/profile | exact eval (s) | eval peak (MiB) | reg_lp step (ms) "
              "| zeroth_order step (ms) | grid candidate, default / paper (ms) | step peak (MiB) |", "|" + "---|" * 12]
     models = {}
+    print(f"measuring on {args.device}", flush=True)
     for name in names:
         rows = []
         for n, m in (QUICK if args.quick else SIZES)[name]:

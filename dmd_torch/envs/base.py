@@ -201,6 +201,14 @@ class Setting(ABC):
                        setting.objective.needs_without)
         return setting
 
+    def to(self, device: torch.device | str) -> Setting:
+        """Puts the MDP on ``device`` (in place, as ``nn.Module.to``) and returns the setting; rewards
+        and losses are computed on the device of the types they are given."""
+        device = torch.device(device)
+        if self.mdp.device != device:
+            self.mdp = self.mdp.to(device)
+        return self
+
     def cost(self, method: Any = "reg_lp", heldout_profiles: int = 2_000, eval_profiles: int = 10_000) -> CostEstimate:
         """The estimated time and memory of training with ``method`` (a name, a method or its config)
         and evaluating: a :class:`dmd_torch.cost.CostEstimate`."""
