@@ -231,9 +231,10 @@ def summary(result: RunResult, better: str, out: Path) -> str:
     ev, tr = result.evaluation, result.training
     assert tr is not None
     env = ", ".join(f"{k}={v}" for k, v in result.env.items() if k != "_target_")
+    best = "VCG" if tr.best_start < 0 else tr.best_start  # -1: no trained point beat VCG (keep_vcg)
     lines = [
         f"==== {tr.variant} on {result.setting} ({env}) ====",
-        f"steps {tr.steps}, grid candidates {tr.grid_candidates}, starts {tr.starts} (best {tr.best_start}); "
+        f"steps {tr.steps}, grid candidates {tr.grid_candidates}, starts {tr.starts} (best {best}); "
         f"runtime {tr.runtime_seconds:.1f} s",
         f"{result.objective} ({better} is better), {ev.profiles} fresh profiles (seed {ev.seed}):",
         f"  mechanism  {format4(ev.mean)} +- {format4(ev.stderr)}",

@@ -43,7 +43,7 @@ class Training:
         steps: Gradient steps taken.
         grid_candidates: Sobol candidates scored.
         starts: Starting points run.
-        best_start: The start that won.
+        best_start: The start that won (``-1``: VCG, which no trained point beat).
         runtime_seconds: Wall time of the whole run.
         device: Where it ran.
     """

@@ -237,9 +237,11 @@ def test_gradient_methods_improve_on_their_start(method):
     ama = AMA(setting)
     events: list[StepEvent] = []
     result = method.run(ama, heldout=held, seed=0, callback=events.append)
-    assert result.steps == 30 and [h["step"] for h in result.history] == [0, 10, 20, 30]
+    vcg, *trained = result.history  # VCG scored first (keep_vcg), then the start's evaluations
+    assert vcg == {"step": 0, "start": -1, "heldout": exact_score(AMA.vcg(setting), held)}
+    assert result.steps == 30 and [h["step"] for h in trained] == [0, 10, 20, 30]
     assert result.heldout == max(h["heldout"] for h in result.history)
-    assert result.heldout > result.history[0]["heldout"] + 0.05
+    assert result.heldout > trained[0]["heldout"] + 0.05 and result.best_start == 0
     assert result.heldout == pytest.approx(exact_score(ama, held))  # ama holds the best parameters
     assert torch.equal(ama.log_weights.detach(), torch.zeros(3, dtype=torch.float64))  # frozen: w = 1
     assert not ama.log_weights.requires_grad and ama.boosts.requires_grad
@@ -276,7 +278,7 @@ def test_multistart_from_grid_keeps_best_start():
     )
     ama = AMA(setting)
     result = method.run(ama, heldout=held, seed=0)
-    assert {h["start"] for h in result.history} == {0, 1, 2}
+    assert {h["start"] for h in result.history} == {-1, 0, 1, 2}  # -1: VCG (keep_vcg)
     assert result.steps == 12 and result.candidates == 16
     best = max(result.history, key=lambda h: h["heldout"])
     assert result.best_start == best["start"] and result.heldout == best["heldout"]
@@ -311,7 +313,28 @@ def test_random_multistart_and_cvxpylayers_backend():
     held = _heldout(setting, 100)
     method = RegularizedLP(steps=1, eval_every=1, profiles_per_step=2, backend="cvxpylayers", multistart={"starts": 2})
     result = method.run(AMA(setting), heldout=held, seed=0)
-    assert result.steps == 2 and {h["start"] for h in result.history} == {0, 1}
+    assert result.steps == 2 and {h["start"] for h in result.history} == {-1, 0, 1}
+
+
+@pytest.mark.parametrize("name, options, vcg_wins", [
+    ("gridworld", {"steps": 1, "init": "vcg", "optimizer": {"name": "SGD", "lr": 100.0}}, True),  # one step far off
+    ("seq_sales", {"steps": 30}, False),
+])
+def test_keep_vcg_returns_vcg_where_training_does_not_beat_it(name, options, vcg_wins):
+    """With keep_vcg the result is the better of VCG and the trained points on the held-out sample
+    (a trained point must beat VCG strictly), the training itself unchanged; where VCG wins, the
+    mechanism is VCG."""
+    setting = make_env(name, n_agents=3, size=3)
+    held = _heldout(setting, 300)
+    vcg = exact_score(AMA.vcg(setting), held)
+    ama = AMA(setting)
+    kept = ZerothOrder(eval_every=options["steps"], **options).run(ama, heldout=held, seed=0)
+    plain = ZerothOrder(eval_every=options["steps"], keep_vcg=False, **options).run(AMA(setting), heldout=held, seed=0)
+    assert kept.history == [{"step": 0, "start": -1, "heldout": vcg}, *plain.history]
+    assert kept.heldout == max(vcg, plain.heldout) and (kept.best_start == -1) == vcg_wins
+    assert kept.heldout == pytest.approx(exact_score(ama, held))
+    if vcg_wins:
+        assert not ama.boosts.detach().any()
 
 
 # ------------------------------------------------------------------------------------- bad input

@@ -92,7 +92,7 @@ def test_table_sweeps_compose():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for k, (env, dist, ns, ms) in TABLE_CELLS.items():
             # the paper's hyperparameters (its three columns), then this library's defaults (the
-            # zeroth-order default is the paper's: it runs once)
+            # zeroth-order default is the paper's with VCG kept as a candidate: not run)
             swept = [*PAPER_VARIANTS, "grid", "reg_lp"]
             for method in swept:
                 cfg = compose(config_name="config", overrides=[f"+experiment=table{k}", f"method={method}"],

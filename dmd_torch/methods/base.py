@@ -100,8 +100,9 @@ class MethodResult:
         steps: Gradient steps taken (over all starts).
         candidates: Grid candidates scored.
         starts: Starting points run (gradient methods; 1 for grid search).
-        best_start: Index of the start that won (multi-start), else 0.
-        history: Held-out evaluations ``{"step", "start", "heldout"}`` in order.
+        best_start: Index of the start that won (multi-start), else 0; ``-1``: VCG, which no trained
+            point beat (the gradient methods' ``keep_vcg``).
+        history: Held-out evaluations ``{"step", "start", "heldout"}`` in order (``start`` ``-1``: VCG).
         top: For grid search, the best candidates ``(score, log_weights, boosts)``, best first.
     """
 

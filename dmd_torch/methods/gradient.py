@@ -8,7 +8,8 @@ equation 1), and takes a ``torch.optim`` step on ``-sign * objective`` after ``l
 (:mod:`dmd_torch.methods.zeroth_order`). Every ``eval_every`` steps the mechanism is evaluated
 exactly (unregularized inner problem, paper section 5) on a fixed held-out sample, and the best
 parameters so far are kept; with several starts (:class:`~dmd_torch.methods.multistart.MultiStart`)
-the start with the best held-out score wins (Algorithm 1, line 8). With ``tied`` (by default where
+the start with the best held-out score wins (Algorithm 1, line 8); with ``keep_vcg`` VCG's held-out
+score is the bar a trained point must beat, else VCG is returned. With ``tied`` (by default where
 the setting knows an optimum there: :attr:`~dmd_torch.envs.Setting.boosts_by_height`), every start
 and every gradient is projected onto the boosts shared by height (one per (height, action),
 :func:`~dmd_torch.methods.base.tie_to_heights`), so the steps search that family only.
@@ -32,6 +33,7 @@ from dmd_torch.methods.base import (
     exact_score,
     free_parameters,
     height_groups,
+    initial_mechanism,
     restore,
     snapshot,
     stream_seed,
@@ -126,6 +128,11 @@ class GradientMethod(Method):
         history: list[dict[str, float]] = []
         best: tuple[float, int, tuple[torch.Tensor, torch.Tensor]] | None = None
         step = 0
+        if cfg.keep_vcg:  # VCG, scored as a candidate (start -1) that is not trained
+            initial_mechanism(ama, "vcg", torch.Generator())
+            held = exact_score(ama, heldout)
+            history.append({"step": 0, "start": -1, "heldout": held})
+            best = (held, -1, snapshot(ama))
 
         def evaluate(k: int) -> None:
             nonlocal best
