@@ -308,7 +308,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     else:
         starts = cfg.multistart.starts
         step = step_seconds(model, setting, cfg)
-        evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1)
+        evals = starts * (math.ceil(cfg.steps / cfg.eval_every) + 1) + cfg.keep_vcg  # VCG's score too
         train = starts * cfg.steps * step + evals * held_eval
         grid_cfg = cfg.multistart.grid_config()
         train += 0.0 if grid_cfg is None else grid_seconds(model, setting, grid_cfg) + held_eval
