@@ -29,7 +29,7 @@ import torch
 from dmd_torch.checks import all_finite, check_float
 from dmd_torch.exact import PolicyOccupancy, mean_reward_policy, optimal_values, policy_occupancy, solve_exact
 from dmd_torch.mdp import TabularMDP
-from dmd_torch.regularized import Backend, regularized_occupancy
+from dmd_torch.regularized import Backend, TreeBackend, make_backend, regularized_occupancy, tree_revenue
 
 __all__ = [
     "FollowerSolution",
@@ -192,6 +192,13 @@ class Follower(ABC):
             without: Also solve the problems without each agent (``asw^(-i)``, needed for payments).
         """
 
+    def revenue(
+        self, mdp: TabularMDP, r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor
+    ) -> torch.Tensor | None:
+        """The summed payments ``sum_i p_i`` ``[P]`` in one fused computation where this follower has
+        one for these arguments, else ``None`` (default): then they are read off :meth:`respond`."""
+        return None
+
 
 def _broadcast(log_weights: torch.Tensor, boosts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``w [..., 1, n]`` and ``b [..., 1, S, A]``: parameters broadcast against the profile dimension
@@ -274,3 +281,20 @@ class RegularizedFollower(Follower):
         if not without:
             return FollowerSolution(PolicyOccupancy(mdp.shape, nu=nu), asw, None, w, r)
         return FollowerSolution(PolicyOccupancy(mdp.shape, nu=nu[..., 0, :, :]), asw[..., 0], asw[..., 1:], w, r)
+
+    def revenue(
+        self, mdp: TabularMDP, r: torch.Tensor, log_weights: torch.Tensor, boosts: torch.Tensor
+    ) -> torch.Tensor | None:
+        """On a history tree, for one parameter vector and rewards that are not differentiated: the
+        closed form of :func:`~dmd_torch.regularized.tree_revenue` (the same value and gradient as
+        the payments of :meth:`respond`'s solution, with a fraction of the operations)."""
+        solver = self.backend if isinstance(self.backend, Backend) else make_backend(mdp, self.backend, self.options)
+        if (
+            not isinstance(solver, TreeBackend)
+            or log_weights.dim() != 1
+            or boosts.dim() != 2
+            or r.requires_grad
+            or not (log_weights.dtype == boosts.dtype == r.dtype == mdp.dtype)
+        ):
+            return None
+        return tree_revenue(mdp, r, log_weights, boosts, self.alpha)

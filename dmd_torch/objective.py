@@ -5,7 +5,9 @@ The leader chooses ``theta = (log w, b)`` to optimize ``E_r[L(pi*(theta, r), the
 follower's problems it needs; the setting owns one (``Setting.objective``). :func:`leader_objective`
 is the one batched computation of it: for ``C`` parameter vectors and ``P`` type profiles, with the
 exact follower (evaluation, grid search), the regularized one (the paper's first-order method) or
-any other :class:`~dmd_torch.follower.Follower` (zeroth order).
+any other :class:`~dmd_torch.follower.Follower` (zeroth order). Where the follower has a fused form of
+the revenue (:meth:`~dmd_torch.follower.Follower.revenue`: the regularized follower on a history tree)
+the revenue comes from it, with the same value and gradient in fewer operations.
 
 * :class:`Revenue`: ``sum_i p_i`` with the payments of Definition 3.1 (:func:`payments`), maximized;
   needs the ``n`` problems without each agent.
@@ -130,8 +132,11 @@ def leader_objective(
     """
     r = setting.checked_rewards(types) if r is None else r
     objective = setting.objective
-    solution = follower.respond(setting.mdp, r, log_weights, boosts, objective.needs_without)
-    value = objective.value(setting, types, r, solution)
+    # the revenue itself (not a subclass, which may change its value) in one fused step where the follower has one
+    value = follower.revenue(setting.mdp, r, log_weights, boosts) if type(objective) is Revenue else None
+    if value is None:
+        solution = follower.respond(setting.mdp, r, log_weights, boosts, objective.needs_without)
+        value = objective.value(setting, types, r, solution)
     if not all_finite(value):
         raise ValueError(f"setting {setting.name!r} produced a NaN or inf {objective.name}")
     return value

@@ -126,3 +126,27 @@ def test_welfare_without_certificate_is_exact(gen, name, n, m, dist):
         got = welfare_without(env.mdp, r, minus, sol.value, V, **start)
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
         torch.testing.assert_close(got[certified], sol.value.unsqueeze(-1).expand_as(got)[certified], rtol=0, atol=0)
+
+
+def test_regularized_revenue_is_fused_only_where_it_applies(gen):
+    """The closed form serves one parameter vector on a history tree with rewards not differentiated;
+    elsewhere (``None``) the payments come from :meth:`respond`, and both give the same revenue."""
+    env = make_env("seq_sales", n_agents=3, size=2, distribution="asymmetric")
+    r = env.checked_rewards(env.sample_types(4, gen))
+    lw, b = _params(env, gen)
+    fused = RegularizedFollower(0.1).revenue(env.mdp, r, lw, b)
+    assert fused is not None
+    for follower, args in (
+        (RegularizedFollower(0.1, "newton"), (r, lw, b)),  # not the tree backend
+        (RegularizedFollower(0.1), (r, lw.expand(2, 3), b)),  # two parameter vectors
+        (RegularizedFollower(0.1), (r.clone().requires_grad_(), lw, b)),  # gradients in the rewards asked for
+        (RegularizedFollower(0.1), (r.float(), lw.float(), b.float())),  # not the MDP's dtype
+    ):
+        assert follower.revenue(env.mdp, *args) is None
+    assert EXACT.revenue(env.mdp, r, lw, b) is None
+    grid = make_env("gridworld", n_agents=2, size=3)
+    assert RegularizedFollower(0.1).revenue(grid.mdp, grid.checked_rewards(grid.sample_types(2, gen)),
+                                            *_params(grid, gen)) is None
+    sol = RegularizedFollower(0.1, "newton").respond(env.mdp, r, lw, b, without=True)
+    revenue = (sol.agent_values + (sol.asw_without - sol.asw.unsqueeze(-1)) / sol.weights).sum(-1)
+    torch.testing.assert_close(fused, revenue, rtol=0, atol=1e-8)

@@ -78,3 +78,20 @@ def test_nan_objective_is_refused(gen):
 
 def test_revenue_is_the_revenue_class():
     assert isinstance(REVENUE, Revenue) and repr(REVENUE) == "Revenue('revenue')"
+
+
+def test_a_revenue_subclass_is_not_fused(gen):
+    """The fused closed form computes the revenue itself; a subclass that changes the value keeps its own."""
+    class HalfRevenue(Revenue):
+        def value(self, setting, types, r, solution):
+            return 0.5 * super().value(setting, types, r, solution)
+
+    class HalfSales(type(make_env("seq_sales"))):
+        objective = HalfRevenue()
+
+    env, base = HalfSales(n_agents=2, size=2), make_env("seq_sales", n_agents=2, size=2)
+    types = env.sample_types(5, gen)
+    lw, b = torch.zeros(2, dtype=torch.float64), torch.rand(env.mdp.shape, generator=gen, dtype=torch.float64)
+    follower = RegularizedFollower(0.05)
+    torch.testing.assert_close(leader_objective(env, lw, b, types, follower),
+                               0.5 * leader_objective(base, lw, b, types, follower), rtol=1e-12, atol=1e-12)

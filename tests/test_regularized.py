@@ -22,7 +22,10 @@ from dmd_torch.regularized import (
     newton_system_size,
     regularized_occupancy,
     tree_applicable,
+    tree_revenue,
 )
+from dmd_torch.follower import RegularizedFollower
+from dmd_torch.objective import payments
 from dmd_torch.regularized.systems import flow_hessian, flow_newton_solve, leaf_elimination
 from dmd_torch.regularized.layer import CvxpyLayersOptions
 from dmd_torch.regularized.newton import NewtonOptions
@@ -528,3 +531,62 @@ def test_newton_solve_in_chunks_equals_one_block() -> None:
     torch.testing.assert_close(x2, x, rtol=0, atol=0)
     torch.testing.assert_close(diag2, H.diagonal(dim1=-2, dim2=-1), rtol=0, atol=0)
     torch.testing.assert_close(diag, diag2, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------ the fused revenue
+def _revenue_of_the_solution(mdp: TabularMDP, r: torch.Tensor, lw: torch.Tensor, b: torch.Tensor, alpha: float,
+                             backend: str) -> torch.Tensor:
+    """The summed payments of Definition 3.1 read off the regularized follower's solution."""
+    sol = RegularizedFollower(alpha, backend).respond(mdp, r, lw, b, without=True)
+    return payments(sol.agent_values, sol.weights, sol.asw, sol.asw_without).sum(-1)
+
+
+def _tree_case(gen: torch.Generator, n: int, m: int, P: int = 5) -> tuple[TabularMDP, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A history tree with rewards of both signs, random weights and boosts."""
+    mdp = sales_tree(n, m)
+    r = torch.randn(P, n, *mdp.shape, generator=gen, dtype=DT)
+    lw = 0.5 * torch.randn(n, generator=gen, dtype=DT)
+    b = torch.randn(mdp.shape, generator=gen, dtype=DT)
+    return mdp, r, lw, b
+
+
+@pytest.mark.parametrize("alpha", (0.01, 0.3))
+@pytest.mark.parametrize(("n", "m"), ((2, 2), (3, 3), (1, 2)))
+def test_tree_revenue_equals_the_payments_of_the_solution(n: int, m: int, alpha: float) -> None:
+    """Value and gradient (along random output weights) of the closed form equal those of the payments
+    of the follower's solution: with the ``tree`` backend to rounding, with ``newton`` to its tolerance."""
+    gen = torch.Generator().manual_seed(6)
+    mdp, r, lw, b = _tree_case(gen, n, m)
+    out = torch.randn(r.shape[0], generator=gen, dtype=DT)
+    lw, b = lw.requires_grad_(), b.requires_grad_()
+    fused = tree_revenue(mdp, r, lw, b, alpha)
+    grads = torch.autograd.grad((fused * out).sum(), (lw, b))
+    for backend, tol in (("tree", 1e-11), ("newton", 1e-7)):
+        want = _revenue_of_the_solution(mdp, r, lw, b, alpha, backend)
+        torch.testing.assert_close(fused, want, rtol=0, atol=tol * (1 + float(want.detach().abs().max())))
+        for got, expected in zip(grads, torch.autograd.grad((want * out).sum(), (lw, b))):
+            torch.testing.assert_close(got, expected, rtol=0, atol=tol * (1 + float(expected.abs().max())))
+
+
+@pytest.mark.parametrize("alpha", (0.01, 0.3))
+def test_tree_revenue_gradcheck(alpha: float) -> None:
+    """Finite differences of the closed form in ``log w`` and ``b`` (float64)."""
+    gen = torch.Generator().manual_seed(7)
+    mdp, r, lw, b = _tree_case(gen, 2, 3, P=3)
+    b = 3 * alpha * b
+    assert torch.autograd.gradcheck(lambda x, y: tree_revenue(mdp, 3 * alpha * r, x, y, alpha),
+                                    (lw.requires_grad_(), b.requires_grad_()))
+
+
+def test_tree_revenue_only_on_trees_and_only_where_asked() -> None:
+    gen = torch.Generator().manual_seed(8)
+    mdp = layered_mdp(gen)
+    with pytest.raises(ValueError, match="tree_revenue needs a history tree: its transitions are not deterministic"):
+        tree_revenue(mdp, rewards(mdp, gen, 2).unsqueeze(1), torch.zeros(1, dtype=DT), torch.zeros(mdp.shape, dtype=DT), 0.1)
+    tree, r, lw, b = _tree_case(gen, 2, 2)
+    with pytest.raises(ValueError, match=r"tree_revenue needs r \[P, n, S, A\], log_weights \[n\].*got \[5, 2, 4, 3\], \[3\]"):
+        tree_revenue(tree, r, torch.zeros(3, dtype=DT), b, 0.1)
+    lw.requires_grad_()  # the boosts are not asked for: no gradient for them, the weights' unchanged
+    (g_lw,) = torch.autograd.grad(tree_revenue(tree, r, lw, b, 0.1).sum(), (lw,))
+    (want,) = torch.autograd.grad(tree_revenue(tree, r, lw, b.clone().requires_grad_(), 0.1).sum(), (lw,))
+    torch.testing.assert_close(g_lw, want, rtol=0, atol=0)

@@ -10,7 +10,8 @@ the strictly concave program
 map ``c -> nu`` is smooth. :func:`regularized_occupancy` solves a batch with one backend, one small
 class each, and differentiates it with autograd:
 
-* ``tree`` (:mod:`~dmd_torch.regularized.tree`): closed form on history trees;
+* ``tree`` (:mod:`~dmd_torch.regularized.tree`): closed form on history trees, where
+  :func:`tree_revenue` also gives the regularized revenue and its gradient in closed form;
 * ``newton`` (:mod:`~dmd_torch.regularized.newton`): dual Newton, implicit gradients, any MDP;
 * ``cvxpylayers`` (:mod:`~dmd_torch.regularized.layer`): a ``CvxpyLayer`` of exponential cones.
 
@@ -33,7 +34,7 @@ from dmd_torch.regularized.flow import RegularizedSolveError, flow_residual
 from dmd_torch.regularized.layer import CvxpyLayersBackend
 from dmd_torch.regularized.newton import NewtonBackend
 from dmd_torch.regularized.systems import implicit_occupancy_vjp, leaf_elimination
-from dmd_torch.regularized.tree import TreeBackend, tree_applicable
+from dmd_torch.regularized.tree import TreeBackend, tree_applicable, tree_revenue
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +46,7 @@ __all__ = [
     "newton_system_size",
     "regularized_occupancy",
     "tree_applicable",
+    "tree_revenue",
     "implicit_occupancy_vjp",
     "flow_residual",
 ]
