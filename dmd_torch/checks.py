@@ -57,9 +57,13 @@ def check_device(name: str, value: Any) -> torch.device:
 
 
 def all_finite(tensor: torch.Tensor) -> bool:
-    """Whether every entry of ``tensor`` is finite: ``max |x|`` is finite (NaN propagates through the
-    max), two small ops instead of ``isfinite``'s four, for the checks on every training step."""
-    return tensor.numel() == 0 or math.isfinite(float(tensor.detach().abs().amax()))
+    """Whether every entry of ``tensor`` is finite, with one small op where it is: a finite sum has
+    finite terms (NaN and inf propagate through it); a sum that is not (which finite entries can
+    reach by overflow) is settled by ``max |x|``. For the checks on every training step."""
+    if tensor.numel() == 0:
+        return True
+    x = tensor.detach()
+    return math.isfinite(float(x.sum())) or math.isfinite(float(x.abs().amax()))
 
 
 def check_finite(name: str, tensor: torch.Tensor) -> torch.Tensor:

@@ -46,10 +46,13 @@ def horizon(mdp: TabularMDP) -> float:
     return float(len(mdp.levels)) if mdp.levels is not None else 1.0 / (1.0 - mdp.gamma)
 
 
-def _bound_terms(setting: Setting, w: torch.Tensor, boosts: torch.Tensor) -> list[torch.Tensor]:
-    """``max |b|``, ``sum_i w_i R_i`` and ``min_i w_i`` as 0-d float64 tensors on the CPU (``w`` there)."""
-    R = setting.reward_scale().to(torch.float64)
-    return [boosts.detach().abs().amax().to(w), (w * R).sum(), w.min()]
+def _bounds(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor) -> list[float]:
+    """``max |log w|``, ``max |b|``, ``sum_i w_i R_i``, ``min_i w_i`` and ``R = max_i R_i``, in float64,
+    with one read-back (this runs before every training step)."""
+    lw = log_weights.detach().to(torch.float64)
+    R = setting.reward_scale().to(lw)
+    top = boosts.detach().abs().amax().to(lw)
+    return torch.stack([lw.abs().amax(), top, (lw.exp() * R).sum(), lw.amin().exp(), R.amax()]).tolist()
 
 
 def _tolerance(setting: Setting, top: float, load: float, smallest: float) -> float:
@@ -61,8 +64,7 @@ def _tolerance(setting: Setting, top: float, load: float, smallest: float) -> fl
 def ic_tolerance(setting: Setting, weights: torch.Tensor, boosts: torch.Tensor) -> float:
     """The bound of the module docstring on the utility an agent can gain from float64's rounding,
     for weights ``[n]`` and boosts ``[S, A]``."""
-    w = weights.detach().to(torch.float64).cpu()
-    return _tolerance(setting, *torch.stack(_bound_terms(setting, w, boosts)).tolist())
+    return _tolerance(setting, *_bounds(setting, weights.detach().to(torch.float64).log(), boosts)[1:4])
 
 
 def check_sound(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tensor) -> float:
@@ -71,13 +73,12 @@ def check_sound(setting: Setting, log_weights: torch.Tensor, boosts: torch.Tenso
     Raises a one-line ``ValueError`` if a parameter holds NaN or inf, or if the tolerance is above
     :data:`REFUSE`. One reduction serves both checks (it runs before every training step).
     """
-    lw = log_weights.detach().to(torch.float64).cpu()
-    stats = torch.stack([lw.abs().amax(), *_bound_terms(setting, lw.exp(), boosts)]).tolist()
+    stats = _bounds(setting, log_weights, boosts)
     for name, value in (("log_weights", stats[0]), ("boosts", stats[1])):
         if not math.isfinite(value):
             raise ValueError(f"mechanism parameter {name} contains NaN or inf")
-    scale = float(setting.reward_scale().max())
-    relative = _tolerance(setting, *stats[1:]) / (scale if scale > 0 else 1.0)
+    scale = stats[4]
+    relative = _tolerance(setting, *stats[1:4]) / (scale if scale > 0 else 1.0)
     if relative > REFUSE:
         raise ValueError(
             f"the mechanism's boosts (largest {stats[1]:.3g}) or weights dwarf the "

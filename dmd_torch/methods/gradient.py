@@ -22,6 +22,7 @@ from abc import ABC, abstractmethod
 
 import torch
 
+from dmd_torch.checks import all_finite
 from dmd_torch.config import GradientConfig
 from dmd_torch.envs.base import Setting
 from dmd_torch.mechanism import AMA
@@ -156,16 +157,17 @@ class GradientMethod(Method):
                 (-sign * objective).backward()
                 if groups is not None and ama.boosts.grad is not None:
                     ama.boosts.grad.copy_(tie_to_heights(ama.boosts.grad, groups))
-                squares = [p.grad.pow(2).sum() for p in params if p.grad is not None]
+                # the gradient's norm, for the callback only
+                squares = [p.grad.pow(2).sum() for p in params if p.grad is not None] if callback is not None else []
                 optimizer.step()
                 if scheduler is not None:
                     scheduler.step()
                 step += 1
-                # one read-back for the gradient's norm and each new parameter's largest |entry|
-                # (NaN or inf propagate through the max)
-                read = torch.stack([*squares, *(p.detach().abs().amax() for p in params)]).tolist()
+                # one read-back for the squares and each new parameter's sum: a finite sum has finite
+                # entries (NaN and inf propagate); one that is not is settled by all_finite
+                read = torch.stack([*squares, *(p.detach().sum() for p in params)]).tolist()
                 grad_norm = math.sqrt(sum(read[: len(squares)]))
-                if not all(math.isfinite(v) for v in read[len(squares) :]):
+                if not all(math.isfinite(v) for v in read[len(squares) :]) and not all(all_finite(p) for p in params):
                     raise FloatingPointError(
                         f"{self.name}: parameters became NaN or inf at step {t} of start {k}; lower the step size"
                     )
