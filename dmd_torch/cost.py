@@ -15,8 +15,9 @@ agent (revenue) and one otherwise; every batched solve costs a fixed time beside
   profiles, the best on the rest), ``grid_solve_s * solves + grid_s * C * P * E``, with ``solves``
   the batched solves of :func:`candidate_batches`;
 * peak memory: the MDP (``16 S A K`` bytes) plus ``bytes_per_element`` times the elements held at
-  once (one evaluation batch, or one training step's profiles), plus what grid search holds whole:
-  its training profiles' rewards and its candidates' coordinates,
+  once (one evaluation batch, or one training step's profiles, which a step solves in one batch
+  however many elements they hold), plus what grid search holds whole: its training profiles'
+  rewards and its candidates' coordinates,
 
 where ``E = problems * S * A``. ``scripts/bench_scaling.py`` measures the constants per setting
 (time and peak memory as the sizes grow; times by nonnegative least squares on relative errors) and writes them to
@@ -316,4 +317,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)
     peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without) + candidates
+    if step is not None:  # a training step solves all its profiles at once, not in evaluation batches
+        per_profile = elements(n, S, A, setting.objective.needs_without)
+        peak = max(peak, 16.0 * S * A * K + model.bytes_per_element * cfg.profiles_per_step * per_profile + candidates)
     return CostEstimate(evaluation, step, train + known * evaluation, peak, caveat(model, setting))

@@ -156,3 +156,12 @@ def test_a_run_past_memory_is_refused_before_work(tmp_path):
     assert not (tmp_path / "run").exists()
     job = app.prepare({**block, "method": {"name": "grid"}})
     assert 0 < job.cost.total_s and job.cost.peak_bytes < 2**30
+
+
+def test_a_training_step_holds_all_its_profiles_at_once():
+    """A step solves its profiles in one batch: its memory grows with them past an evaluation batch."""
+    setting = make_env("seq_sales", n_agents=6, size=5)  # 137,249 elements a profile: 20 are 5x a batch
+    model = cost_model("seq_sales")
+    per_step = {pps: estimate(setting, make_method("reg_lp", profiles_per_step=pps)).peak_bytes for pps in (20, 40)}
+    held = model.bytes_per_element * 20 * elements(6, *setting.mdp.shape, True)
+    assert per_step[20] >= held and per_step[40] - per_step[20] == pytest.approx(held, rel=1e-9)
