@@ -249,12 +249,17 @@ def format_duration(seconds: float) -> str:
     return f"{seconds / 3600:.2f} h"
 
 
-def _peak(model: CostModel, n: int, S: int, A: int, K: int, rows: int, reward_rows: int, needs_without: bool) -> float:
-    """The MDP (``16 S A K`` bytes), ``bytes_per_element`` times one batch of ``rows`` profiles
-    (at least one, at most an evaluation batch), and the rewards of ``reward_rows`` profiles held whole."""
+def _peak(model: CostModel, n: int, S: int, A: int, K: int, rows: int, reward_rows: int, needs_without: bool,
+          step_rows: int = 0) -> float:
+    """The MDP (``16 S A K`` bytes) and the larger of: ``bytes_per_element`` times one batch of
+    ``rows`` profiles (at least one, at most an evaluation batch) with the rewards of
+    ``reward_rows`` profiles held whole, and ``bytes_per_element`` times a training step's
+    ``step_rows`` profiles, which a step solves in one batch however many elements they hold."""
     per_profile = elements(n, S, A, needs_without)
     batch = max(per_profile, min(MAX_BATCH_ELEMENTS, per_profile * rows))
-    return 16.0 * S * A * K + model.bytes_per_element * batch + 8.0 * reward_rows * n * S * A
+    held = max(model.bytes_per_element * batch + 8.0 * reward_rows * n * S * A,
+               model.bytes_per_element * step_rows * per_profile)
+    return 16.0 * S * A * K + held
 
 
 def check_fits(name: str, n_agents: int, size: int, states: int, actions: int, successors: int = 1,
@@ -301,6 +306,7 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
     held_eval = exact_seconds(model, setting, heldout_profiles)
     known = 3 if setting.known_optimum() is not None else 2
     K = setting.mdp.next_states.shape[-1]
+    step_rows = 0
     if cfg.name == "grid":
         step = None
         train = grid_seconds(model, setting, cfg) + held_eval  # the best candidate on the held-out sample
@@ -314,10 +320,8 @@ def estimate(setting: Setting, method: Method | MethodConfig, heldout_profiles: 
         grid_cfg = cfg.multistart.grid_config()
         train += 0.0 if grid_cfg is None else grid_seconds(model, setting, grid_cfg) + held_eval
         held = max(cfg.profiles_per_step, heldout_profiles)
+        step_rows = cfg.profiles_per_step
         rewards = cfg.multistart.grid_profiles if cfg.multistart.grid_points else 0
         candidates = 8.0 * cfg.multistart.grid_points * (S * A + n)
-    peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without) + candidates
-    if step is not None:  # a training step solves all its profiles at once, not in evaluation batches
-        per_profile = elements(n, S, A, setting.objective.needs_without)
-        peak = max(peak, 16.0 * S * A * K + model.bytes_per_element * cfg.profiles_per_step * per_profile + candidates)
+    peak = _peak(model, n, S, A, K, held, rewards, setting.objective.needs_without, step_rows) + candidates
     return CostEstimate(evaluation, step, train + known * evaluation, peak, caveat(model, setting))
